@@ -1,0 +1,28 @@
+# Quickstart targets. Each one installs what it needs into .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export MASE_LITE_DATA ?= $(abspath ../shared/data)
+
+.PHONY: run test install clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: a bare `torch` would pull a multi-GB CUDA build on a CPU machine.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job: trace a bert-tiny classifier and print its graph report.
+run: install
+	$(VENV)/bin/mase-lite report --by module
+
+# The whole test suite.
+test: install
+	$(PY) -m pytest -q -n 2 tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

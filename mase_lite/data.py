@@ -1,0 +1,426 @@
+"""Text-classification data: IMDb (default) from a local mirror or the Hugging Face hub, tokenised and cached.
+
+Where data comes from
+    ``DataConfig.data_dir`` if set, else the environment variable ``MASE_LITE_DATA``, names a mirror
+    directory holding ``<dataset>/{train,test}.parquet`` (columns ``text``/``label`` by default) and
+    ``<tokenizer>/`` (a directory ``AutoTokenizer.from_pretrained`` loads offline). Whatever the mirror
+    lacks is taken from the hub (``stanfordnlp/imdb``, ``bert-base-uncased``); if that fails too, a
+    single :class:`DataError` names both places and the variable.
+
+Splits
+    The validation split (``n_val`` rows) is carved from the training split with a seeded
+    permutation; search selects on it. ``n_train`` more rows of the same permutation (default: all
+    the rest) are the training rows, so the validation rows do not change with ``n_train``. The test
+    split (``n_test`` seeded rows, default all) is only for final reports. Rows are shuffled here,
+    which matters for the IMDb files, whose rows are sorted by label.
+
+Cache
+    Tokenised splits are saved with ``Dataset.save_to_disk`` under ``<cache>/tokenized/<key>``, where
+    the key hashes the raw data's fingerprint, the tokenizer's full definition, ``max_length``, the
+    column names and the selected row indices. A later call with the same key (the next trial of a
+    study) loads it without tokenising. The cache is ``DataConfig.cache_dir``, else
+    ``$MASE_LITE_CACHE``, else ``~/.cache/mase-lite``; nothing is ever written under the data dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .config import Config, check_range
+from .errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+DATA_ENV = "MASE_LITE_DATA"
+CACHE_ENV = "MASE_LITE_CACHE"
+DEFAULT_CACHE = "~/.cache/mase-lite"
+#: Short dataset names and the hub repositories they stand for; other names are used as hub ids as-is.
+HUB_DATASETS = {"imdb": "stanfordnlp/imdb"}
+MIN_MAX_LENGTH = 8
+_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass
+class DataConfig(Config):
+    """Which data, how much of it and how it is tokenised.
+
+    ``n_train=None`` uses every training row not in the validation split; ``n_test=None`` the whole
+    test split. ``seed`` fixes which rows are drawn (and nothing else).
+    """
+
+    dataset: str = "imdb"
+    data_dir: Optional[str] = None
+    text_column: str = "text"
+    label_column: str = "label"
+    num_labels: int = 2
+    tokenizer: str = "bert-base-uncased"
+    n_train: Optional[int] = None
+    n_val: int = 2000
+    n_test: Optional[int] = None
+    max_length: int = 128
+    seed: int = 0
+    cache_dir: Optional[str] = None
+
+    def validate(self, path: str = "") -> None:
+        p = f"{path}." if path else ""
+        check_range(f"{p}num_labels", self.num_labels, 2)
+        check_range(f"{p}max_length", self.max_length, MIN_MAX_LENGTH)
+        check_range(f"{p}n_val", self.n_val, 0)
+        if self.n_train is not None:
+            check_range(f"{p}n_train", self.n_train, 1)
+        if self.n_test is not None:
+            check_range(f"{p}n_test", self.n_test, 1)
+        for name in ("dataset", "tokenizer", "text_column", "label_column"):
+            if not getattr(self, name):
+                raise ConfigError(f"{p}{name} must not be empty")
+
+
+@dataclasses.dataclass
+class Splits:
+    """Tokenised splits: ``datasets.Dataset`` objects with columns ``input_ids``, ``labels``, ``length``."""
+
+    train: Any
+    val: Any
+    test: Any
+    pad_id: int = 0
+    num_labels: int = 2
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def mirror_dir(cfg: DataConfig) -> tuple[Path | None, str]:
+    """The mirror directory and a phrase saying where it came from (``(None, why)`` when unset)."""
+    if cfg.data_dir:
+        return Path(cfg.data_dir).expanduser(), "data.data_dir"
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser(), f"${DATA_ENV}"
+    return None, f"neither data.data_dir nor ${DATA_ENV} is set"
+
+
+def cache_root(cfg: DataConfig | None = None) -> Path:
+    """The cache directory: ``cfg.cache_dir``, else ``$MASE_LITE_CACHE``, else ``~/.cache/mase-lite``."""
+    raw = (cfg.cache_dir if cfg is not None else None) or os.environ.get(CACHE_ENV) or DEFAULT_CACHE
+    return Path(raw).expanduser()
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _short(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def load_tokenizer(cfg: DataConfig):
+    """The tokenizer ``cfg.tokenizer``: ``<mirror>/<tokenizer>/`` if present, else the hub."""
+    from transformers import AutoTokenizer
+
+    root, origin = mirror_dir(cfg)
+    local = root / cfg.tokenizer if root is not None else None
+    if local is not None and local.is_dir():
+        try:
+            return AutoTokenizer.from_pretrained(str(local))
+        except Exception as exc:  # a broken mirror is an error, not a reason to go online
+            raise DataError(f"tokenizer directory {local} (from {origin}) could not be loaded: {_short(exc)}") from exc
+    where = f"no directory {local} (from {origin})" if local is not None else origin
+    if _hub_offline():
+        hub_why = "hub access is disabled (HF_HUB_OFFLINE)"
+    else:
+        try:
+            tok = AutoTokenizer.from_pretrained(cfg.tokenizer)
+            log.info("tokenizer %r loaded from the Hugging Face hub (%s)", cfg.tokenizer, where)
+            return tok
+        except Exception as exc:
+            hub_why = _short(exc)
+    raise DataError(
+        f"tokenizer {cfg.tokenizer!r} not found: {where}, and the Hugging Face hub model {cfg.tokenizer!r} "
+        f"could not be loaded ({hub_why}); set {DATA_ENV} (or data.data_dir) to a directory containing "
+        f"{cfg.tokenizer}/ with the tokenizer files"
+    )
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that decides how ``tokenizer`` maps text to ids."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    h.update(json.dumps(getattr(tokenizer, "init_kwargs", {}), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- raw splits
+
+
+class _Raw:
+    """One raw split: a lazily read table, its number of rows and a content fingerprint."""
+
+    def __init__(self, num_rows: int, fingerprint: str, loader, source: str):
+        self.num_rows = num_rows
+        self.fingerprint = fingerprint
+        self._loader = loader
+        self.source = source
+        self._ds = None
+
+    def dataset(self):
+        if self._ds is None:
+            self._ds = self._loader()
+        return self._ds
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _file_hash(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _FILE_HASHES[key] = h.hexdigest()[:16]
+    return _FILE_HASHES[key]
+
+
+def _local_split(path: Path, cfg: DataConfig) -> _Raw:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path)
+    except Exception as exc:
+        raise DataError(f"{path} is not a readable parquet file: {_short(exc)}") from exc
+    names = meta.schema_arrow.names
+    _check_columns(names, cfg, str(path))
+
+    def load():
+        import datasets
+
+        table = pq.read_table(path, columns=[cfg.text_column, cfg.label_column])
+        return datasets.Dataset(datasets.table.InMemoryTable(table))
+
+    return _Raw(meta.metadata.num_rows, _file_hash(path), load, str(path))
+
+
+def _check_columns(names: list[str], cfg: DataConfig, where: str) -> None:
+    for field, col in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
+        if col not in names:
+            raise DataError(
+                f"{where} has no column {col!r} (data.{field}); its columns are: {', '.join(names) or '(none)'}"
+            )
+
+
+def _raw_splits(cfg: DataConfig) -> dict[str, _Raw]:
+    root, origin = mirror_dir(cfg)
+    files = {s: root / cfg.dataset / f"{s}.parquet" for s in ("train", "test")} if root is not None else {}
+    if files and all(p.is_file() for p in files.values()):
+        return {s: _local_split(p, cfg) for s, p in files.items()}
+    if files:
+        missing = ", ".join(str(p) for p in files.values() if not p.is_file())
+        where = f"{missing} not found (mirror from {origin})"
+    else:
+        where = origin
+    hub_id = HUB_DATASETS.get(cfg.dataset, cfg.dataset)
+    if _hub_offline():
+        hub_why = "hub access is disabled (HF_HUB_OFFLINE)"
+    else:
+        try:
+            import datasets
+
+            loaded = datasets.load_dataset(hub_id)
+            out = {}
+            for s in ("train", "test"):
+                ds = loaded[s]
+                _check_columns(list(ds.column_names), cfg, f"hub dataset {hub_id!r} split {s!r}")
+                ds = ds.select_columns([cfg.text_column, cfg.label_column])
+                out[s] = _Raw(len(ds), ds._fingerprint, lambda ds=ds: ds, f"hub:{hub_id}/{s}")
+            log.info("dataset %r loaded from the Hugging Face hub (%s)", hub_id, where)
+            return out
+        except DataError:
+            raise
+        except Exception as exc:
+            hub_why = _short(exc)
+    raise DataError(
+        f"dataset {cfg.dataset!r} not found: {where}, and the Hugging Face hub dataset {hub_id!r} could not be "
+        f"loaded ({hub_why}); set {DATA_ENV} (or data.data_dir) to a directory containing "
+        f"{cfg.dataset}/train.parquet and {cfg.dataset}/test.parquet"
+    )
+
+
+# --------------------------------------------------------------------------- selection, tokenisation, cache
+
+
+def split_indices(n_rows_train: int, n_rows_test: int, cfg: DataConfig) -> dict[str, np.ndarray]:
+    """The seeded row indices of each split (validation first in the training permutation)."""
+    rng = np.random.default_rng([cfg.seed, 0])
+    perm = rng.permutation(n_rows_train)
+    n_val = cfg.n_val
+    avail = n_rows_train - n_val
+    if avail < 1:
+        raise DataError(f"data.n_val = {n_val} leaves no training rows: the training split has {n_rows_train} rows")
+    n_train = avail if cfg.n_train is None else cfg.n_train
+    if n_train > avail:
+        raise DataError(
+            f"data.n_train = {n_train} is larger than the training split allows: it has {n_rows_train} rows, "
+            f"{n_val} of which are the validation split (data.n_val); use n_train <= {avail}"
+        )
+    n_test = n_rows_test if cfg.n_test is None else cfg.n_test
+    if n_test > n_rows_test:
+        raise DataError(f"data.n_test = {n_test} is larger than the test split ({n_rows_test} rows)")
+    test_perm = np.random.default_rng([cfg.seed, 1]).permutation(n_rows_test)
+    return {"val": perm[:n_val], "train": perm[n_val : n_val + n_train], "test": test_perm[:n_test]}
+
+
+def _cache_key(raw: _Raw, idx: np.ndarray, tok_fp: str, cfg: DataConfig) -> str:
+    h = hashlib.sha256()
+    parts = [_CACHE_VERSION, raw.fingerprint, tok_fp, cfg.max_length, cfg.text_column, cfg.label_column]
+    h.update(json.dumps(parts).encode())
+    h.update(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
+    return h.hexdigest()[:24]
+
+
+def _tokenize(raw: _Raw, idx: np.ndarray, tokenizer, cfg: DataConfig):
+    import datasets
+
+    table = raw.dataset().select(idx.tolist()).with_format("arrow")[:]
+    texts = table.column(cfg.text_column).to_pylist()
+    labels = np.asarray(table.column(cfg.label_column).to_pylist())
+    if labels.dtype.kind not in "iub":
+        raise DataError(f"{raw.source}: column {cfg.label_column!r} (data.label_column) must hold integers, got {labels.dtype}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= cfg.num_labels):
+        raise DataError(
+            f"{raw.source}: column {cfg.label_column!r} has labels in [{labels.min()}, {labels.max()}], "
+            f"outside [0, {cfg.num_labels - 1}] (data.num_labels = {cfg.num_labels})"
+        )
+    if not all(isinstance(t, str) for t in texts):
+        raise DataError(f"{raw.source}: column {cfg.text_column!r} (data.text_column) must hold strings")
+    enc = tokenizer(texts, truncation=True, max_length=cfg.max_length)
+    ids = enc["input_ids"]
+    feats = datasets.Features(
+        {
+            "input_ids": datasets.Sequence(datasets.Value("int32")),
+            "labels": datasets.Value("int64"),
+            "length": datasets.Value("int32"),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {"input_ids": ids, "labels": labels.astype(np.int64), "length": [len(x) for x in ids]}, features=feats
+    )
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """Silence datasets' own progress bars (ours is the training bar)."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            ds_logging.enable_progress_bars()
+
+
+def _load_or_tokenize(raw: _Raw, idx: np.ndarray, tokenizer, tok_fp: str, cfg: DataConfig, name: str):
+    import datasets
+
+    path = cache_root(cfg) / "tokenized" / _cache_key(raw, idx, tok_fp, cfg)
+    if (path / "dataset_info.json").is_file():
+        try:
+            ds = datasets.load_from_disk(str(path))
+            log.debug("%s split: cache hit %s", name, path)
+            return ds
+        except Exception as exc:  # a damaged entry is rebuilt
+            log.warning("ignoring unreadable cache entry %s (%s)", path, _short(exc))
+    log.info("tokenising %d %s rows (max_length=%d)", len(idx), name, cfg.max_length)
+    ds = _tokenize(raw, idx, tokenizer, cfg)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        with _quiet_datasets():
+            ds.save_to_disk(str(tmp))
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process wrote the same entry first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return datasets.load_from_disk(str(path))
+    except OSError as exc:
+        log.warning("could not write the tokenised cache under %s (%s); set %s to a writable directory", path.parent, exc, CACHE_ENV)
+        return ds
+
+
+def load_splits(cfg: DataConfig, tokenizer=None) -> Splits:
+    """Seeded, tokenised train/val/test splits of ``cfg.dataset`` (cached on disk; see the module doc).
+
+    ``tokenizer`` defaults to :func:`load_tokenizer` ``(cfg)``.
+    """
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg)
+    raw = _raw_splits(cfg)
+    idx = split_indices(raw["train"].num_rows, raw["test"].num_rows, cfg)
+    tok_fp = tokenizer_fingerprint(tokenizer)
+    out = {}
+    for name, src in (("train", "train"), ("val", "train"), ("test", "test")):
+        out[name] = _load_or_tokenize(raw[src], idx[name], tokenizer, tok_fp, cfg, name)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return Splits(out["train"], out["val"], out["test"], pad_id=int(pad_id), num_labels=cfg.num_labels)
+
+
+# --------------------------------------------------------------------------- model/data compatibility checks
+
+
+def _position_limit(model_or_config_or_limit) -> int | None:
+    obj = model_or_config_or_limit
+    if isinstance(obj, int):
+        return obj
+    cfg = getattr(obj, "config", obj)
+    limit = getattr(cfg, "max_position_embeddings", None)
+    return int(limit) if limit is not None else None
+
+
+def check_max_length(model_config_or_limit, max_length: int) -> None:
+    """Raise ConfigError unless ``8 <= max_length <=`` the model's position limit.
+
+    Accepts an int limit, a config with ``max_position_embeddings`` or a model with such a ``.config``.
+    """
+    limit = _position_limit(model_config_or_limit)
+    if max_length < MIN_MAX_LENGTH or (limit is not None and max_length > limit):
+        hi = "" if limit is None else f" and at most the model's max_position_embeddings ({limit})"
+        raise ConfigError(f"data.max_length = {max_length} is out of range; it must be at least {MIN_MAX_LENGTH}{hi}")
+
+
+def check_vocab(tokenizer, model) -> None:
+    """Raise DataError if the tokenizer can produce ids the model's input embedding has no row for."""
+    n_tok = len(tokenizer)
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    n_emb = getattr(emb, "num_embeddings", None)
+    if n_emb is None:
+        n_emb = getattr(getattr(model, "config", None), "vocab_size", None)
+    if n_emb is None:
+        raise DataError("check_vocab: the model has neither get_input_embeddings() nor config.vocab_size")
+    if n_tok > n_emb:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise DataError(
+            f"tokenizer {name!r} has {n_tok} tokens but the model's embedding has only {n_emb} rows; "
+            f"use a model with vocab_size >= {n_tok} or the matching tokenizer (data.tokenizer)"
+        )

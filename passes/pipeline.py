@@ -1,0 +1,121 @@
+"""Running passes: one at a time (:func:`run_pass`) or as a pipeline from Python or TOML.
+
+TOML pipelines follow MASE's style: one ``[passes.<name>]`` table per pass, run in document order::
+
+    [passes.quantize]
+    by = "type"
+    [passes.quantize.linear.config]
+    name = "integer"
+    ...
+
+    [passes.prune]
+    weight = { sparsity = 0.5, method = "l1-norm", scope = "local" }
+
+To run a pass twice, use an array of tables instead, each entry naming its pass::
+
+    [[passes]]
+    name = "prune"
+    weight = { sparsity = 0.3 }
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from mase_lite.config import Config, load_toml
+from mase_lite.errors import ConfigError, MaseError, PassError
+from mase_lite.graph import MaseGraph
+
+from .registry import get_pass
+
+log = logging.getLogger(__name__)
+
+PipelineSpec = list[tuple[str, Any]]
+
+
+def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | None = None) -> tuple[MaseGraph, dict[str, Any]]:
+    """Run pass ``name`` on ``graph`` and return ``(graph, info)``.
+
+    The config (a dict or the pass's config object) is validated first; the pass runs on a copy of
+    the graph, which ``graph`` adopts only if the pass succeeds, so on any error ``graph`` is exactly
+    as it was. The caller's config is never modified.
+    """
+    spec = get_pass(name)
+    if isinstance(config, spec.config_cls):
+        cfg = copy.deepcopy(config)
+    elif config is None or isinstance(config, Mapping):
+        cfg = spec.config_cls.from_dict(copy.deepcopy(dict(config or {})), path=name)
+    else:
+        raise ConfigError(f"config of pass {name!r} must be a dict or {spec.config_cls.__name__}, got {type(config).__name__}")
+    work = graph.copy()
+    try:
+        result, info = spec.fn(work, cfg)
+    except MaseError:
+        raise
+    except Exception as exc:
+        raise PassError(f"pass {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    if spec.kind == "transform":
+        result.history.append((name, cfg.to_dict()))
+    graph.adopt(result)
+    log.info("pass %s done", name)
+    return graph, info
+
+
+def parse_pipeline(data: Mapping[str, Any] | Iterable[Any]) -> PipelineSpec:
+    """``[(name, config_dict), ...]`` from a TOML-style mapping (``{"passes": ...}``) or a list.
+
+    Accepts ``{"passes": {"quantize": {...}, "prune": {...}}}`` (document order),
+    ``{"passes": [{"name": "prune", ...}, ...]}``, or a list of ``(name, config)`` pairs.
+    Every name and config is validated before any pass runs.
+    """
+    if isinstance(data, Mapping):
+        if "passes" not in data:
+            raise ConfigError("pipeline config has no 'passes' section; add [passes.<name>] tables")
+        body = data["passes"]
+    else:
+        body = list(data)
+    steps: PipelineSpec = []
+    if isinstance(body, Mapping):
+        steps = [(str(k), v) for k, v in body.items()]
+    elif isinstance(body, list):
+        for i, entry in enumerate(body):
+            if isinstance(entry, (tuple, list)) and len(entry) == 2:
+                steps.append((str(entry[0]), entry[1]))
+            elif isinstance(entry, Mapping) and "name" in entry:
+                steps.append((str(entry["name"]), {k: v for k, v in entry.items() if k != "name"}))
+            else:
+                raise ConfigError(f"passes[{i}] must be a table with a 'name' key or a (name, config) pair")
+    else:
+        raise ConfigError("'passes' must be a table of [passes.<name>] tables or an array of [[passes]] tables")
+    for name, cfg in steps:
+        spec = get_pass(name)
+        if not isinstance(cfg, spec.config_cls):
+            if cfg is not None and not isinstance(cfg, Mapping):
+                raise ConfigError(f"config of pass {name!r} must be a table, got {cfg!r}")
+            spec.config_cls.from_dict(copy.deepcopy(dict(cfg or {})), path=name)
+    return steps
+
+
+def run_pipeline(graph: MaseGraph, pipeline: Mapping[str, Any] | Iterable[Any] | str | Path) -> tuple[MaseGraph, dict[str, Any]]:
+    """Run a pipeline (a TOML path, mapping or list; see :func:`parse_pipeline`) in order.
+
+    Returns ``(graph, {pass_name: info})`` (a repeated pass's infos are ``name#2``...). All configs
+    are validated before the first pass runs; if a pass fails, ``graph`` is left as it was before
+    the whole pipeline.
+    """
+    if isinstance(pipeline, (str, Path)):
+        pipeline = load_toml(pipeline)
+    steps = parse_pipeline(pipeline)
+    work = graph.copy()
+    infos: dict[str, Any] = {}
+    for name, cfg in steps:
+        _, info = run_pass(work, name, cfg)
+        key, k = name, 2
+        while key in infos:
+            key, k = f"{name}#{k}", k + 1
+        infos[key] = info
+    graph.adopt(work)
+    return graph, infos
