@@ -1,0 +1,183 @@
+"""Pass contract: registry, validation, no mutation of configs, rollback on failure, TOML pipelines, save/load."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from mase_lite import ConfigError, MaseError, MaseGraph, PassError, trace
+from mase_lite.config import Config
+from mase_lite.models import ModelConfig, build_model, example_inputs
+from passes import available_passes, run_pass, run_pipeline
+from passes.registry import register_pass
+
+CFG = ModelConfig(num_hidden_layers=1, num_attention_heads=2, hidden_size=32, intermediate_size=64,
+                  vocab_size=500, max_position_embeddings=64, seed=0)
+
+
+@dataclass
+class ScaleConfig(Config):
+    """Test transform: multiply the output of linear nodes whose module path contains ``match``."""
+
+    match: str = "classifier"
+    factor: float = 2.0
+    fail_after_edit: bool = False
+
+
+@register_pass("_test_scale", ScaleConfig, kind="transform")
+def _test_scale(graph: MaseGraph, config: ScaleConfig):
+    changed = []
+    for node in list(graph.nodes):
+        meta = graph.meta(node)
+        if meta.op == "linear" and config.match in (meta.module_path or ""):
+            owner = graph.gm.get_submodule(meta.module_path)
+            owner.register_buffer("test_scale", torch.tensor(config.factor))
+            with graph.fx_graph.inserting_after(node):
+                scale = graph.fx_graph.get_attr(f"{meta.module_path}.test_scale")
+            with graph.fx_graph.inserting_after(scale):
+                mul = graph.fx_graph.call_function(torch.ops.aten.mul.Tensor, (node, scale))
+            node.replace_all_uses_with(mul, delete_user_cb=lambda u: u is not mul)
+            changed.append(node.name)
+    graph.recompile()
+    if config.fail_after_edit:
+        raise RuntimeError("boom after editing")
+    return graph, {"changed": changed}
+
+
+@pytest.fixture()
+def graph():
+    model = build_model(CFG).eval()
+    return trace(model, example_inputs(model))
+
+
+def _x():
+    return example_inputs(build_model(CFG), batch=3, seq=9, seed=5)
+
+
+def test_registry_lists_builtin_passes():
+    assert {"add_common_metadata", "report_graph"} <= set(available_passes())
+
+
+def test_unknown_pass_names_valid_ones(graph):
+    with pytest.raises(ConfigError, match=r"unknown pass 'report_grpah' \(did you mean 'report_graph'\?\); valid passes: .*add_common_metadata"):
+        run_pass(graph, "report_grpah", {})
+
+
+def test_bad_config_key_names_valid_keys(graph):
+    with pytest.raises(ConfigError, match=r"unknown config key '_test_scale.factr' \(did you mean 'factor'\?\); valid keys: factor, fail_after_edit, match"):
+        run_pass(graph, "_test_scale", {"factr": 3})
+    with pytest.raises(ConfigError, match=r"_test_scale.factor must be a number, got 'x'"):
+        run_pass(graph, "_test_scale", {"factor": "x"})
+    assert graph.history == []
+
+
+def test_transform_changes_output_and_is_recorded(graph):
+    x = _x()
+    ref = graph(**x).logits
+    cfg = {"factor": 3.0}
+    frozen = copy.deepcopy(cfg)
+    _, info = run_pass(graph, "_test_scale", cfg)
+    assert cfg == frozen, "the caller's config must not be mutated"
+    assert len(info["changed"]) == 1
+    assert torch.allclose(graph(**x).logits, 3 * ref, atol=1e-6)
+    assert graph.history == [("_test_scale", {"match": "classifier", "factor": 3.0, "fail_after_edit": False})]
+    run_pass(graph, "report_graph", {})
+    assert len(graph.history) == 1, "analysis passes are not recorded"
+
+
+def test_failing_pass_leaves_graph_unchanged(graph):
+    x = _x()
+    ref = graph(**x).logits
+    code, nodes = graph.gm.code, [n.name for n in graph.nodes]
+    state = {k: v.clone() for k, v in graph.gm.state_dict().items()}
+    with pytest.raises(PassError, match="pass '_test_scale' failed: RuntimeError: boom after editing"):
+        run_pass(graph, "_test_scale", {"fail_after_edit": True})
+    assert graph.gm.code == code and [n.name for n in graph.nodes] == nodes
+    assert graph.gm.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in graph.gm.state_dict().items())
+    assert torch.equal(graph(**x).logits, ref) and graph.history == []
+
+
+def test_toml_pipeline_tables_and_arrays(graph, tmp_path):
+    x = _x()
+    ref = graph(**x).logits
+    (tmp_path / "p.toml").write_text(
+        '[passes.add_common_metadata]\n\n[passes._test_scale]\nfactor = 2.0\n\n[passes.report_graph]\nby = "module"\n'
+    )
+    _, infos = run_pipeline(graph, tmp_path / "p.toml")
+    assert list(infos) == ["add_common_metadata", "_test_scale", "report_graph"]
+    assert torch.allclose(graph(**x).logits, 2 * ref, atol=1e-6)
+    (tmp_path / "q.toml").write_text('[[passes]]\nname = "_test_scale"\nmatch = "classifier"\nfactor = 0.5\n'
+                                     '[[passes]]\nname = "_test_scale"\nmatch = "classifier"\nfactor = 0.5\n')
+    g2 = graph.copy()
+    _, infos = run_pipeline(g2, tmp_path / "q.toml")
+    assert list(infos) == ["_test_scale", "_test_scale#2"]
+    assert [h[0] for h in g2.history] == ["_test_scale"] * 3
+    # the three multiplies read one buffer, which the last pass set to 0.5
+    assert torch.allclose(g2(**x).logits, 0.5**3 * ref, atol=1e-6)
+
+
+def test_pipeline_validates_everything_before_running(graph):
+    code = graph.gm.code
+    with pytest.raises(ConfigError, match="unknown pass 'nope'"):
+        run_pipeline(graph, {"passes": {"_test_scale": {}, "nope": {}}})
+    with pytest.raises(ConfigError, match="_test_scale.factor must be a number"):
+        run_pipeline(graph, {"passes": [("report_graph", {}), ("_test_scale", {"factor": [1]})]})
+    with pytest.raises(ConfigError, match="no 'passes' section"):
+        run_pipeline(graph, {"pass": {}})
+    assert graph.gm.code == code and graph.history == []
+
+
+def test_pipeline_failure_rolls_back_earlier_passes(graph):
+    x = _x()
+    ref = graph(**x).logits
+    with pytest.raises(PassError):
+        run_pipeline(graph, {"passes": [("_test_scale", {}), ("_test_scale", {"match": "query", "fail_after_edit": True})]})
+    assert torch.equal(graph(**x).logits, ref) and graph.history == []
+
+
+def test_missing_toml_file(graph, tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        run_pipeline(graph, tmp_path / "missing.toml")
+    (tmp_path / "bad.toml").write_text("[passes\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        run_pipeline(graph, tmp_path / "bad.toml")
+
+
+def test_save_load_roundtrip_plain(graph, tmp_path):
+    x = _x()
+    graph.save(tmp_path / "g")
+    loaded = MaseGraph.load(tmp_path / "g")
+    assert not loaded.training
+    assert torch.equal(loaded(**x).logits, graph(**x).logits)
+    assert [n.name for n in loaded.nodes] == [n.name for n in graph.nodes]
+    for a, b in zip(loaded.nodes, graph.nodes):
+        assert loaded.meta(a) == graph.meta(b)
+
+
+def test_save_load_roundtrip_transformed_and_trained(graph, tmp_path):
+    run_pass(graph, "_test_scale", {"factor": 5.0})
+    graph.gm.get_submodule("classifier").test_scale.fill_(7.0)  # a buffer value changed after the pass
+    opt = torch.optim.SGD(graph.parameters(), lr=0.1)
+    graph.train()
+    graph(**_x(), labels=torch.tensor([0, 1, 1])).loss.backward()
+    opt.step()
+    graph.eval()
+    graph.save(tmp_path / "g")
+    loaded = MaseGraph.load(tmp_path / "g")
+    x = _x()
+    assert loaded.history == graph.history
+    assert float(loaded.gm.get_submodule("classifier").test_scale) == 7.0
+    assert torch.equal(loaded(**x).logits, graph(**x).logits)
+    loaded.train()
+    out = loaded(**x, labels=torch.tensor([1, 0, 1]))
+    out.loss.backward()
+    assert all(p.grad is not None for p in loaded.parameters())
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(MaseError, match="is not a saved MaseGraph"):
+        MaseGraph.load(tmp_path)
