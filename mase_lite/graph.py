@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import importlib
 import importlib.metadata
 import json
 import logging
@@ -119,10 +120,12 @@ class MaseGraph(nn.Module):
         if isinstance(example_inputs, Mapping) and "labels" in example_inputs:
             raise TraceError("do not pass 'labels' in example_inputs: call the traced graph with labels= instead")
         info = _model_info(model)
+        info["output_modules"] = []
         if isinstance(example_inputs, (tuple, list)):
             names = [n for n in inspect.signature(model.forward).parameters if n not in ("self",)]
             example_inputs = dict(zip(names, example_inputs))
         ep = export_module(model, example_inputs, dynamic_shapes)
+        info["output_modules"] = sorted(_spec_modules(ep.call_spec.out_spec))
         graph = cls(normalise(ep), ep, list(example_inputs), info)
         graph.train(model.training)
         return graph
@@ -233,6 +236,7 @@ class MaseGraph(nn.Module):
         record = json.loads((path / "graph.json").read_text())
         if record.get("format_version") != FORMAT_VERSION:
             raise MaseError(f"{path}: unsupported format version {record.get('format_version')}")
+        _import_output_types(record["model_info"])
         base = torch.export.load(path / "base.pt2")
         graph = cls(normalise(base), base, record["input_names"], record["model_info"])
         if record["history"]:
@@ -250,6 +254,26 @@ class MaseGraph(nn.Module):
     def extra_repr(self) -> str:
         n = sum(1 for _ in self.gm.graph.nodes)
         return f"model={self.model_info.get('class')}, nodes={n}, passes={[h[0] for h in self.history]}"
+
+
+def _spec_modules(spec: Any) -> set[str]:
+    """Modules defining the (non-builtin) output container types of a pytree spec."""
+    mods = set()
+    tp = getattr(spec, "type", None)
+    if tp is not None and getattr(tp, "__module__", "builtins") != "builtins":
+        mods.add(tp.__module__)
+    for child in getattr(spec, "children_specs", None) or []:
+        mods |= _spec_modules(child)
+    return mods
+
+
+def _import_output_types(model_info: Mapping[str, Any]) -> None:
+    """Import the modules that register a saved graph's output types as pytree nodes (transformers'
+    ``ModelOutput`` classes) so ``torch.export.load`` can rebuild its output spec in a fresh process.
+    Only transformers modules are imported."""
+    for name in model_info.get("output_modules", []):
+        if name.split(".")[0] == "transformers":
+            importlib.import_module(name)
 
 
 def _pass_runner() -> Callable[[MaseGraph, str, Mapping[str, Any]], Any]:

@@ -181,3 +181,29 @@ def test_save_load_roundtrip_transformed_and_trained(graph, tmp_path):
 def test_load_errors(tmp_path):
     with pytest.raises(MaseError, match="is not a saved MaseGraph"):
         MaseGraph.load(tmp_path)
+
+
+def test_load_transformed_graph_in_a_fresh_process(tmp_path):
+    """A fresh interpreter has neither transformers' output types nor the passes imported."""
+    import subprocess
+    import sys
+
+    model = build_model(CFG).eval()
+    graph = trace(model, example_inputs(model))
+    run_pass(graph, "prune", {"weight": {"sparsity": 0.5}})
+    graph.save(tmp_path / "g")
+    x = _x()
+    torch.save(x, tmp_path / "x.pt")
+    torch.save(graph(**x).logits.detach(), tmp_path / "ref.pt")
+    code = (
+        "import sys, torch\n"
+        "from mase_lite import MaseGraph\n"
+        f"g = MaseGraph.load({str(tmp_path / 'g')!r})\n"
+        f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
+        f"assert torch.equal(g(**x).logits, torch.load({str(tmp_path / 'ref.pt')!r}))\n"
+        "assert g.history[0][0] == 'prune'\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"
