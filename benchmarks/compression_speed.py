@@ -1,0 +1,159 @@
+"""Speed of Lab 2's compressed graph against the float32 graph: forward pass and training step.
+
+The model is a bert-tiny classifier (L2 H128 A2 I512 by default) traced into a MaseGraph; the
+compressed graph is the same graph after Lab 2's pipeline (integer quantisation of every linear
+node -- 8-bit data, weight and bias, 4 fraction bits -- then 50 % l1-norm local pruning of weights
+and activations, per token). Both graphs run on the same batch (32 x 128 by default) with the same
+thread count, in alternating repeats, and the ratios compressed / float32 of the median times are
+printed. The script also checks that the compressed graph's logits equal those of the
+straightforward formulation (``ops.compressed_linear_reference``: the quantiser formula and a
+stable sort per token), and can time that formulation's forward pass (``--reference``).
+
+    python benchmarks/compression_speed.py                # 2 threads, 32 x 128, fp32
+    python benchmarks/compression_speed.py --precision bf16 --repeats 20
+
+Timings on a shared machine are noisy; the ratios, measured in one run with alternating repeats,
+are the figures to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import passes.analysis.cost  # noqa: E402,F401  (registers the passes)
+import passes.transforms.identity  # noqa: E402,F401
+import passes.transforms.prune  # noqa: E402,F401
+import passes.transforms.quantize  # noqa: E402,F401
+from mase_lite.graph import trace  # noqa: E402
+from mase_lite.models import ModelConfig, build_model, example_inputs  # noqa: E402
+from passes import run_pipeline  # noqa: E402
+from passes.transforms import ops  # noqa: E402
+
+Q8 = {"name": "integer", "data_in_width": 8, "data_in_frac_width": 4, "weight_width": 8,
+      "weight_frac_width": 4, "bias_width": 8, "bias_frac_width": 4}
+LAB2_PIPELINE = {"passes": {
+    "quantize": {"by": "type", "default": {"config": {"name": "NA"}}, "linear": {"config": Q8}},
+    "prune": {"weight": {"sparsity": 0.5, "method": "l1-norm", "scope": "local"},
+              "activation": {"sparsity": 0.5, "method": "l1-norm", "scope": "local"}},
+}}
+
+
+def reference_graph(graph):
+    """A copy of ``graph`` whose compressed linears run the straightforward formulation."""
+    ref = graph.copy()
+    for node in ref.gm.graph.nodes:
+        if node.target is ops.compressed_linear:
+            node.target = ops.compressed_linear_reference
+        elif node.target is ops.quantize_prune_input:
+            node.target = ops.quantize_prune_input_reference
+            node.kwargs = {k: v for k, v in node.kwargs.items() if k != "ste"}
+    ref.gm.recompile()
+    return ref
+
+
+def timed(fn, device: str = "cpu") -> float:
+    t0 = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--intermediate", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (median reported)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: CPU autocast")
+    ap.add_argument("--reference", action="store_true", help="also time the straightforward formulation")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    cfg = ModelConfig(num_hidden_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
+                      intermediate_size=args.intermediate, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0, seed=0)
+    model = build_model(cfg).eval()
+    fp32 = trace(model, example_inputs(model))
+    comp, _ = run_pipeline(fp32.copy(), copy.deepcopy(LAB2_PIPELINE))
+    fp32.to(args.device), comp.to(args.device)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, cfg.vocab_size, (args.batch, args.seq), generator=g)
+    batch = {"input_ids": ids.to(args.device), "attention_mask": torch.ones_like(ids).to(args.device)}
+    labels = torch.randint(0, 2, (args.batch,), generator=g).to(args.device)
+    dev_type = torch.device(args.device).type
+    amp = (lambda: torch.autocast(dev_type, dtype=torch.bfloat16)) if args.precision == "bf16" else nullcontext
+
+    with torch.inference_mode(), amp():
+        fp32.eval(), comp.eval()
+        same = torch.equal(comp(**batch).logits, reference_graph(comp).eval()(**batch).logits)
+
+    def forward(graph):
+        graph.eval()
+        with torch.inference_mode(), amp():
+            graph(**batch)
+
+    opts = {}
+
+    def step(graph):
+        graph.train()
+        if id(graph) not in opts:
+            opts[id(graph)] = torch.optim.AdamW(graph.parameters(), lr=1e-4, fused=True)
+        opt = opts[id(graph)]
+        with amp():
+            loss = graph(**batch, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    graphs = {"fp32": fp32, "compressed": comp}
+    if args.reference:
+        graphs["reference"] = reference_graph(comp)
+    results: dict[str, dict[str, float]] = {}
+    for what, fn in (("forward", forward), ("train_step", step)):
+        names = [n for n in graphs if not (what == "train_step" and n == "reference")]
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for _ in range(args.warmup):
+            for n in names:
+                fn(graphs[n])
+        for _ in range(args.repeats):
+            for n in names:  # alternate, so load changes hit both alike
+                times[n].append(timed(lambda: fn(graphs[n]), dev_type))
+        results[what] = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+
+    ratios = {what: {n: r[n] / r["fp32"] for n in r if n != "fp32"} for what, r in results.items()}
+    out = {"config": vars(args), "torch": torch.__version__, "equal_to_reference": same,
+           "ms": results, "ratio_to_fp32": ratios}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"bert L{args.layers} H{args.hidden} A{args.heads} I{args.intermediate}, batch {args.batch}x{args.seq}, "
+          f"{args.device}, {args.threads} threads, {args.precision}, torch {torch.__version__}, median of {args.repeats}")
+    print(f"compressed logits == straightforward formulation: {same}")
+    for what, r in results.items():
+        cells = "  ".join(f"{n} {ms:8.1f} ms" for n, ms in r.items())
+        rat = "  ".join(f"{n}/fp32 = {x:.2f}x" for n, x in ratios[what].items())
+        print(f"{what:<11} {cells}   {rat}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

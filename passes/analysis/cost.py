@@ -1,0 +1,178 @@
+"""``cost``: parameters, MACs, weight bits, non-zero weights and model size of a (compressed) graph.
+
+Per node that reads parameters, and in total (every parameter read by the graph counted once):
+
+* ``params``: elements of the trainable tensors the node reads (masks are not parameters);
+* ``macs``: multiply-accumulates for ``batch_size`` x ``seq_len`` inputs (linear: rows x in x out,
+  attention: QK^T and PV); ``macs_sparse``: linear MACs with only the non-zero weights;
+* ``bits``: storage bits per element of each tensor -- the quantised width (``weight_width`` /
+  ``bias_width``) where the node quantises it, else the dtype's width (32 for float32);
+* ``nonzero``: non-zero elements of the effective tensors (``q(w) * mask``), ``pruned``: mask zeros;
+* sizes in bytes (each tensor rounded up to whole bytes):
+  (a) ``size_bytes_fp32``: dense float32;
+  (b) ``size_bytes_quantized``: dense at the stored precision;
+  (c) ``size_bytes_compressed``: quantised + sparse -- for a tensor with a pruning mask, its non-zero
+  values at the stored precision plus a 1-bit-per-element mask; other tensors as (b).
+
+Embedding tables (most of a small BERT's parameters) count at their own precision (float32 unless
+quantised) and are also reported separately (``*_embedding`` keys), next to everything else
+(``*_non_embedding``). The top-level totals are plain numbers, for search objectives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import fx
+
+from mase_lite.config import Config, check_range
+from mase_lite.graph import MaseGraph
+
+from ..registry import register_pass
+from ..transforms.compressed_nodes import get_tensor, is_embedding, is_linear, linear_mask_node
+from ..transforms.quantizers import integer_quantize_reference
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class CostConfig(Config):
+    """MACs are counted for ``batch_size`` x ``seq_len`` inputs."""
+
+    batch_size: int = 1
+    seq_len: int = 128
+
+    def validate(self, path: str = "") -> None:
+        p = f"{path}." if path else ""
+        check_range(p + "batch_size", self.batch_size, 1)
+        check_range(p + "seq_len", self.seq_len, 1)
+
+
+def _dtype_bits(t: torch.Tensor) -> int:
+    return torch.finfo(t.dtype).bits if t.is_floating_point() else torch.iinfo(t.dtype).bits
+
+
+def _tensor_roles(node: fx.Node) -> dict[str, tuple[fx.Node, Any, fx.Node | None]]:
+    """role -> (get_attr node, quant spec or None, mask node or None) for a node's parameters."""
+    roles: dict[str, tuple[fx.Node, Any, fx.Node | None]] = {}
+    kw = node.kwargs
+    if is_linear(node):
+        roles["weight"] = (node.args[1], kw.get("weight_q"), linear_mask_node(node))
+        if len(node.args) > 2 and isinstance(node.args[2], fx.Node):
+            roles["bias"] = (node.args[2], kw.get("bias_q"), None)
+    elif is_embedding(node):
+        roles["weight"] = (node.args[0], kw.get("weight_q"), None)
+    else:
+        for i, arg in enumerate(a for a in node.all_input_nodes if a.op == "get_attr"):
+            roles[f"param{i}"] = (arg, None, None)
+    return roles
+
+
+def _tensor_cost(graph: MaseGraph, pnode: fx.Node, spec: Any, mask_node: fx.Node | None) -> dict[str, Any]:
+    t = get_tensor(graph, pnode).detach()
+    numel = int(t.numel())
+    bits = int(spec[0]) if spec is not None else _dtype_bits(t)
+    eff = t.float()
+    if spec is not None:
+        eff = integer_quantize_reference(eff, *spec)
+    pruned = 0
+    if mask_node is not None:
+        mask = get_tensor(graph, mask_node).to(torch.bool)
+        eff = eff * mask
+        pruned = numel - int(mask.sum())
+    nonzero = int((eff != 0).sum())
+    dense_q = math.ceil(numel * bits / 8)
+    compressed = math.ceil(nonzero * bits / 8) + math.ceil(numel / 8) if mask_node is not None else dense_q
+    return {"name": pnode.target, "numel": numel, "bits": bits, "nonzero": nonzero, "pruned": pruned,
+            "size_bytes_fp32": numel * 4, "size_bytes_quantized": dense_q, "size_bytes_compressed": compressed}
+
+
+_SUMS = ("params", "nonzero", "pruned", "size_bytes_fp32", "size_bytes_quantized", "size_bytes_compressed")
+
+
+@register_pass("cost", CostConfig, kind="analysis")
+def cost(graph: MaseGraph, config: CostConfig) -> tuple[MaseGraph, dict[str, Any]]:
+    """Per-node and total parameters, MACs, weight bits, non-zeros and fp32 / quantised / sparse sizes."""
+    b, s = config.batch_size, config.seq_len
+    trainable = {n for n, p in graph.gm.named_parameters() if p.requires_grad}
+    seen: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    groups = {"embedding": dict.fromkeys(_SUMS, 0), "non_embedding": dict.fromkeys(_SUMS, 0)}
+    total_macs = total_macs_sparse = 0
+    for node in graph.nodes:
+        meta = graph.meta(node)
+        macs = meta.macs(b, s) if meta.op in ("linear", "matmul", "attention") else 0
+        internal = node.meta.get("mase_internal") or node.target is getattr
+        roles = _tensor_roles(node) if node.op == "call_function" and not internal else {}
+        tensors = {}
+        for role, (pnode, spec, mask_node) in roles.items():
+            if pnode.target not in trainable or pnode.target in seen:
+                continue
+            seen.add(pnode.target)
+            tensors[role] = _tensor_cost(graph, pnode, spec, mask_node)
+        macs_sparse = macs
+        if is_linear(node) and "weight" in tensors and macs:
+            w = tensors["weight"]
+            macs_sparse = macs * w["nonzero"] // max(w["numel"], 1)
+        total_macs += macs
+        total_macs_sparse += macs_sparse
+        if not tensors and not macs:
+            continue
+        group = "embedding" if meta.op == "embedding" else "non_embedding"
+        row: dict[str, Any] = {"node": node.name, "op": meta.op, "module": meta.module_path or "",
+                               "macs": macs, "macs_sparse": macs_sparse, "tensors": tensors}
+        for key in _SUMS:
+            field = "numel" if key == "params" else key
+            row[key] = sum(t[field] for t in tensors.values())
+            groups[group][key] += row[key]
+        row["weight_bits"] = tensors["weight"]["bits"] if "weight" in tensors else None
+        row["weight_sparsity"] = (tensors["weight"]["pruned"] / tensors["weight"]["numel"]
+                                  if "weight" in tensors and tensors["weight"]["numel"] else 0.0)
+        rows.append(row)
+    # trainable tensors read only by nodes not counted above
+    rest = [n for n in graph.nodes if n.op == "get_attr" and n.users and n.target in trainable and n.target not in seen]
+    if rest:
+        tensors = {n.target: _tensor_cost(graph, n, None, None) for n in dict.fromkeys(rest)}
+        row = {"node": "(other)", "op": "other", "module": "", "macs": 0, "macs_sparse": 0, "tensors": tensors,
+               "weight_bits": None, "weight_sparsity": 0.0}
+        for key in _SUMS:
+            row[key] = sum(t["numel" if key == "params" else key] for t in tensors.values())
+            groups["non_embedding"][key] += row[key]
+        rows.append(row)
+    info: dict[str, Any] = {}
+    for key in _SUMS:
+        info[key] = groups["embedding"][key] + groups["non_embedding"][key]
+        info[f"{key}_embedding"] = groups["embedding"][key]
+        info[f"{key}_non_embedding"] = groups["non_embedding"][key]
+    info["macs"] = total_macs
+    info["macs_sparse"] = total_macs_sparse
+    info["batch_size"], info["seq_len"] = b, s
+    info["compression_ratio"] = (info["size_bytes_fp32"] / info["size_bytes_compressed"]
+                                 if info["size_bytes_compressed"] else 0.0)
+    info["nodes"] = rows
+    info["table"] = format_table(rows, info)
+    return graph, info
+
+
+def format_table(rows: list[dict[str, Any]], totals: dict[str, Any]) -> str:
+    """A text table of the per-node rows and the totals."""
+    head = f"{'node':<16} {'op':<10} {'module':<44} {'params':>9} {'bits':>4} {'sparsity':>8} {'MACs':>12} " \
+           f"{'fp32 B':>10} {'quant B':>10} {'q+sparse B':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        bits = "" if r["weight_bits"] is None else str(r["weight_bits"])
+        lines.append(f"{r['node']:<16} {r['op']:<10} {r['module'][:44]:<44} {r['params']:>9} {bits:>4} "
+                     f"{r['weight_sparsity']:>8.3f} {r['macs']:>12} {r['size_bytes_fp32']:>10} "
+                     f"{r['size_bytes_quantized']:>10} {r['size_bytes_compressed']:>10}")
+    lines.append("-" * len(head))
+    for group in ("embedding", "non_embedding", None):
+        sfx = f"_{group}" if group else ""
+        label = group or "total"
+        lines.append(f"{label:<16} {'':<10} {'':<44} {totals['params' + sfx]:>9} {'':>4} {'':>8} "
+                     f"{totals['macs'] if group is None else '':>12} {totals['size_bytes_fp32' + sfx]:>10} "
+                     f"{totals['size_bytes_quantized' + sfx]:>10} {totals['size_bytes_compressed' + sfx]:>10}")
+    return "\n".join(lines)

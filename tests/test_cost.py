@@ -1,0 +1,87 @@
+"""The ``cost`` analysis pass: parameters, MACs, bits, non-zeros and the three model sizes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import passes.analysis.cost  # noqa: F401  (registers the passes)
+import passes.transforms.identity  # noqa: F401
+import passes.transforms.prune  # noqa: F401
+import passes.transforms.quantize  # noqa: F401
+from _compression_helpers import LAB2_PRUNE, LINEAR_8_4, hand_q, linears, tiny_graph
+from mase_lite import ConfigError
+from passes import run_pass
+
+
+def test_fp32_graph():
+    g = tiny_graph()
+    _, info = run_pass(g, "cost", {"batch_size": 2, "seq_len": 16})
+    n = sum(p.numel() for p in g.parameters())
+    emb = sum(p.numel() for name, p in g.gm.named_parameters() if "embeddings." in name and "LayerNorm" not in name)
+    assert info["params"] == n and info["params_embedding"] == emb and info["params_non_embedding"] == n - emb
+    assert info["size_bytes_fp32"] == info["size_bytes_quantized"] == info["size_bytes_compressed"] == 4 * n
+    assert info["size_bytes_fp32_embedding"] == 4 * emb
+    # linear MACs: rows * in * out, rows = batch * seq for the encoder, batch for the pooler/classifier
+    linear_macs = sum(r["macs"] for r in info["nodes"] if r["op"] == "linear")
+    assert linear_macs == 2 * 16 * (3 * 32 * 32 + 32 * 32 + 32 * 64 + 64 * 32) + 2 * (32 * 32 + 32 * 2)
+    attn = [r for r in info["nodes"] if r["op"] == "attention"]
+    assert attn[0]["macs"] == 2 * 2 * 16 * 16 * (16 + 16)
+    assert info["macs"] == linear_macs + attn[0]["macs"]
+    assert {"size_bytes_compressed", "size_bytes_fp32", "params"} <= set(info)
+    assert all(isinstance(info[k], (int, float)) for k in info if k.startswith(("size_", "params", "macs")))
+
+
+def test_quantised_and_pruned_sizes_by_hand():
+    g = tiny_graph()
+    g, _ = run_pass(g, "quantize", LINEAR_8_4)
+    g, _ = run_pass(g, "prune", LAB2_PRUNE)
+    _, info = run_pass(g, "cost", {})
+    quant = compressed = fp32 = nonzero = 0
+    for n in linears(g):
+        owner = g.gm.get_submodule(g.meta(n).module_path)
+        w, b, m = owner.weight.detach(), owner.bias.detach(), owner.weight_mask
+        nz = int(((hand_q(w, 8, 4) * m) != 0).sum())
+        row = next(r for r in info["nodes"] if r["node"] == n.name)
+        assert row["weight_bits"] == 8 and row["weight_sparsity"] == 0.5
+        assert row["tensors"]["weight"]["nonzero"] == nz
+        assert row["size_bytes_compressed"] == nz + math.ceil(w.numel() / 8) + b.numel()
+        quant += w.numel() + b.numel()
+        compressed += nz + math.ceil(w.numel() / 8) + b.numel()
+        fp32 += 4 * (w.numel() + b.numel())
+        nonzero += nz + int((hand_q(b, 8, 4) != 0).sum())
+    ln = sum(p.numel() for name, p in g.gm.named_parameters() if "LayerNorm" in name)
+    assert info["size_bytes_quantized_non_embedding"] == quant + 4 * ln
+    assert info["size_bytes_compressed_non_embedding"] == compressed + 4 * ln
+    assert info["size_bytes_fp32_non_embedding"] == fp32 + 4 * ln
+    assert info["size_bytes_compressed_embedding"] == info["size_bytes_fp32_embedding"]  # fp32 tables
+    assert info["pruned"] == sum(int((~g.gm.get_submodule(g.meta(n).module_path).weight_mask).sum()) for n in linears(g))
+    assert info["macs_sparse"] < info["macs"]
+    assert "table" in info and "embedding" in info["table"]
+
+
+def test_quantised_embeddings_count_at_their_precision():
+    g = tiny_graph()
+    emb_cfg = {"by": "type", "embedding": {"config": {"name": "integer", "weight_width": 6, "weight_frac_width": 4}}}
+    g, _ = run_pass(g, "quantize", emb_cfg)
+    _, info = run_pass(g, "cost", {})
+    tables = [p for name, p in g.gm.named_parameters() if "embeddings." in name and "LayerNorm" not in name]
+    assert info["size_bytes_quantized_embedding"] == sum(math.ceil(t.numel() * 6 / 8) for t in tables)
+
+
+def test_identity_shrinks_the_model():
+    g = tiny_graph()
+    _, before = run_pass(g, "cost", {})
+    g, _ = run_pass(g, "replace_linear_with_identity", {"all_square": True})
+    _, after = run_pass(g, "cost", {})
+    assert before["params"] - after["params"] == 5 * (32 * 32 + 32)  # q, k, v, attention output, pooler
+    assert before["macs"] - after["macs"] == 4 * 128 * 32 * 32 + 32 * 32  # 3 qkv + attn out; pooler at batch 1
+
+
+@pytest.mark.parametrize("cfg, match", [({"batch_size": 0}, r"cost\.batch_size = 0 is out of range"),
+                                        ({"seq": 5}, r"unknown config key 'cost\.seq'")])
+def test_bad_config(cfg, match):
+    with pytest.raises(ConfigError, match=match):
+        run_pass(tiny_graph(), "cost", cfg)

@@ -1,0 +1,203 @@
+"""The ``quantize`` pass: exact agreement with hand-written references, selection, QAT, persistence, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import passes.transforms.prune  # noqa: F401  (registers the pass)
+import passes.transforms.quantize  # noqa: F401
+from _compression_helpers import (
+    LINEAR_8_4,
+    Q,
+    assert_unchanged,
+    hand_q,
+    reference_graph,
+    state,
+    tiny_graph,
+    tiny_inputs,
+)
+from mase_lite import ConfigError, MaseGraph, trace
+from passes import run_pass
+from passes.transforms import ops
+
+
+
+@pytest.fixture
+def graph():
+    return tiny_graph()
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return tiny_inputs()
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.emb = nn.Embedding(20, 8)
+        self.fc1 = nn.Linear(8, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, input_ids):
+        return self.fc2(torch.relu(self.fc1(self.emb(input_ids)))).mean(1)
+
+
+def test_small_model_equals_hand_written_reference():
+    model = Tiny().eval()
+    ids = torch.randint(0, 20, (4, 6), generator=torch.Generator().manual_seed(0))
+    g = trace(model, {"input_ids": ids})
+    cfg = {"by": "type", "linear": {"config": Q(8, 4)},
+           "embedding": {"config": {"name": "integer", "weight_width": 6, "weight_frac_width": 3}}}
+    g, info = run_pass(g, "quantize", cfg)
+    assert sorted(r["op"] for r in info["quantized"]) == ["embedding", "linear", "linear"]
+    p = {k: v.detach() for k, v in model.named_parameters()}
+    h = hand_q(p["emb.weight"], 6, 3)[ids]
+    h = torch.relu(F.linear(hand_q(h, 8, 4), hand_q(p["fc1.weight"], 8, 4), hand_q(p["fc1.bias"], 8, 4)))
+    want = F.linear(hand_q(h, 8, 4), hand_q(p["fc2.weight"], 8, 4), hand_q(p["fc2.bias"], 8, 4)).mean(1)
+    with torch.no_grad():
+        got = g(input_ids=ids)
+    assert torch.equal(got, want)
+    # and with Lab 2's pruning on top: per-token activation masks and l1 weight masks, by hand
+    g, _ = run_pass(g, "prune", {"weight": {"sparsity": 0.5}, "activation": {"sparsity": 0.5}})
+
+    def prune_rows(x):
+        k = round(0.5 * x.shape[-1])
+        idx = torch.sort(x.abs(), dim=-1, stable=True).indices[..., :k]
+        return x.scatter(-1, idx, 0.0)
+
+    def wmask(w):
+        idx = torch.sort(w.abs().flatten(), stable=True).indices[: round(0.5 * w.numel())]
+        return torch.ones(w.numel()).scatter(0, idx, 0.0).view_as(w)
+
+    h = hand_q(p["emb.weight"], 6, 3)[ids]
+    h = torch.relu(F.linear(prune_rows(hand_q(h, 8, 4)), hand_q(p["fc1.weight"], 8, 4) * wmask(p["fc1.weight"]),
+                            hand_q(p["fc1.bias"], 8, 4)))
+    want = F.linear(prune_rows(hand_q(h, 8, 4)), hand_q(p["fc2.weight"], 8, 4) * wmask(p["fc2.weight"]),
+                    hand_q(p["fc2.bias"], 8, 4)).mean(1)
+    with torch.no_grad():
+        assert torch.equal(g(input_ids=ids), want)
+
+
+def test_by_type_quantises_linears_only_and_matches_reference(graph, inputs):
+    cfg = copy.deepcopy(LINEAR_8_4)
+    g, info = run_pass(graph, "quantize", cfg)
+    assert cfg == LINEAR_8_4  # caller's config untouched
+    linears = [n for n in g.nodes if g.meta(n).op == "linear"]
+    assert len(info["quantized"]) == len(linears) == 8
+    assert all(n.target is ops.compressed_linear and n.kwargs["weight_q"] == (8, 4, False) for n in linears)
+    assert not any(n.target in (ops.compressed_embedding, ops.compressed_sdpa) for n in g.nodes)
+    assert info["shared_inputs"] == 1  # query/key/value read one quantised input
+    assert g.history == [("quantize", passes.transforms.quantize.QuantizeConfig.from_dict(cfg).to_dict())]
+    g.eval()
+    with torch.no_grad():
+        out = g(**inputs).logits
+        assert torch.equal(out, reference_graph(g).eval()(**inputs).logits)
+        assert not torch.equal(out, tiny_graph().eval()(**inputs).logits)  # quantisation changed something
+
+
+def test_by_name_regex_default_and_other_ops(graph, inputs):
+    g = graph.copy()
+    cfg = {"by": "name", "bert.encoder.layer.0.attention.self.query": {"config": Q(4, 2)},
+           "linear_3": {"config": Q(6, 3)}, "default": {"config": {"name": "none"}}}
+    g, info = run_pass(g, "quantize", cfg)
+    got = {r["module"]: r["weight"]["width"] for r in info["quantized"]}
+    assert got == {"bert.encoder.layer.0.attention.self.query": 4, "bert.encoder.layer.0.attention.output.dense": 6}
+
+    g = graph.copy()
+    cfg = {"by": "regex_name", r"bert\.encoder\.layer\.0\.attention\.self\.(query|key)": {"config": Q(4, 2)},
+           r"bert\.encoder": {"config": Q(6, 3)}, "default": {"config": Q(8, 4)}}
+    g, info = run_pass(g, "quantize", cfg)
+    widths = {r["module"]: r["weight"]["width"] for r in info["quantized"] if r["op"] == "linear"}
+    assert widths["bert.encoder.layer.0.attention.self.key"] == 4  # first matching entry wins
+    assert widths["bert.encoder.layer.0.attention.self.value"] == 6
+    assert widths["classifier"] == 8  # default
+    ops_done = sorted({r["op"] for r in info["quantized"]})
+    assert ops_done == ["attention", "embedding", "linear"]  # default covers every supported op
+    g.eval()
+    with torch.no_grad():
+        g(**inputs)
+
+    g = graph.copy()
+    attn = {"name": "integer", "data_in_width": 8, "data_in_frac_width": 4, "data_out_width": 8,
+            "data_out_frac_width": 5}
+    g, info = run_pass(g, "quantize", {"by": "type", "scaled_dot_product_attention": {"config": attn},
+                                       "embedding": {"config": {"name": "integer", "weight_width": 8,
+                                                                "weight_frac_width": 6}}})
+    sdpa = [n for n in g.nodes if n.target is ops.compressed_sdpa]
+    assert len(sdpa) == 1 and sdpa[0].kwargs["data_out"] == (8, 5, False)
+    g.eval()
+    with torch.no_grad():
+        out = g(**inputs).logits
+        assert torch.equal(out, reference_graph(g).eval()(**inputs).logits)
+
+
+def test_quantisation_aware_training_and_save_load(graph, inputs, tmp_path):
+    g, _ = run_pass(graph, "quantize", LINEAR_8_4)
+    g.train()
+    labels = torch.tensor([0, 1, 1])
+    opt = torch.optim.AdamW(g.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(6):
+        loss = g(**inputs, labels=labels).loss
+        loss.backward()
+        w = g.gm.get_submodule("bert.encoder.layer.0.intermediate.dense").weight
+        assert w.grad is not None and bool(w.grad.abs().sum() > 0)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    g.eval()
+    with torch.no_grad():
+        out = g(**inputs).logits
+    g.save(tmp_path / "g")
+    loaded = MaseGraph.load(tmp_path / "g")
+    assert [h[0] for h in loaded.history] == ["quantize"]
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, out)
+
+
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"by": "type", "conv2d": {"config": Q()}}, r"unknown config key 'quantize\.conv2d'.*valid keys: .*linear"),
+        ({"by": "type", "linear": {"config": Q(weight_frac_width=9)}},
+         r"quantize\.linear\.config\.weight_frac_width = 9 is out of range; it must be in \[0, "
+         r"quantize\.linear\.config\.weight_width = 8\]"),
+        ({"by": "type", "linear": {"config": Q(data_in_width=1)}},
+         r"quantize\.linear\.config\.data_in_width = 1 is out of range; it must be in \[2, 32\]"),
+        ({"by": "type", "linear": {"config": Q(bias_width=40)}}, r"bias_width = 40 is out of range"),
+        ({"by": "type", "linear": {"config": {**Q(), "name": "minifloat"}}},
+         r"quantize\.linear\.config\.name = 'minifloat' is not valid; choose one of: 'integer', 'NA', 'none'"),
+        ({"by": "type", "linear": {"config": {"name": "integer", "weight_width": 8}}},
+         r"missing config key quantize\.linear\.config\.weight_frac_width"),
+        ({"by": "type", "linear": {"config": {"name": "integer"}}}, r"no format is given"),
+        ({"by": "type", "linear": {"config": {**Q(), "wieght_width": 8}}},
+         r"unknown config key 'quantize\.linear\.config\.wieght_width' \(did you mean 'weight_width'\?\)"),
+        ({"by": "module"}, r"quantize\.by = 'module' is not valid; choose one of: 'type', 'name', 'regex_name'"),
+        ({"by": "name", "bert.encoder.layer.7.output": {"config": Q()}},
+         r"quantize\.bert\.encoder\.layer\.7\.output = 'bert\.encoder\.layer\.7\.output' matches no quantisable node"),
+        ({"by": "regex_name", "bert[": {"config": Q()}}, r"quantize\.bert\[ = 'bert\[' is not a valid regular"),
+        ({"by": "regex_name", "^decoder": {"config": Q()}}, r"matches no quantisable node"),
+        ({"by": "type", "linear": {"config": {**Q(), "ste": "straight"}}}, r"ste = 'straight' is not valid"),
+    ],
+)
+def test_bad_configs_leave_graph_unchanged(graph, cfg, match):
+    code, st = graph.gm.code, state(graph)
+    with pytest.raises(ConfigError, match=match):
+        run_pass(graph, "quantize", cfg)
+    assert_unchanged(graph, code, st)
+
+
+def test_requantising_changes_formats_only(graph, inputs):
+    g, _ = run_pass(graph, "quantize", LINEAR_8_4)
+    g, _ = run_pass(g, "quantize", {"by": "name", "classifier": {"config": Q(4, 2)}})
+    cls = [n for n in g.nodes if g.meta(n).module_path == "classifier" and g.meta(n).op == "linear"][0]
+    assert cls.kwargs["weight_q"] == (4, 2, False)
+    assert sum(n.target is ops.compressed_linear for n in g.nodes) == 8

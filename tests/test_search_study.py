@@ -1,0 +1,310 @@
+"""Study mechanics with a fake ``train_and_eval`` (real models, graphs and passes; no training).
+
+Grid exhaustion, failures, budgets, resume rules, fingerprints, storage errors, user attributes,
+multi-objective studies, reproducibility and saved graphs.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import zlib
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import search.objectives as objectives
+import search.study as study_mod
+from mase_lite.errors import ConfigError
+from mase_lite.graph import MaseGraph
+from mase_lite.models import ModelConfig
+from mase_lite.training import TrainingDivergedError
+from search.space import describe_graph
+from search.study import RunConfig, SearchError, plan_studies, run_search
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+class FakeTraining:
+    """Stands in for :func:`search.objectives.train_and_eval`: a deterministic accuracy per graph.
+
+    The accuracy depends on the architecture (layers, heads, sizes, remaining linear nodes);
+    compression costs 0.1 and fine-tuning gives 0.05 back. ``fail_hidden``: training
+    a model of that hidden size raises the NaN-loss error.
+    """
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.fail_hidden: int | None = None
+
+    def __call__(self, graph, splits, cfg, train=True):
+        arch = describe_graph(graph)
+        key = (arch["num_hidden_layers"], arch["num_attention_heads"], arch["hidden_size"],
+               arch["intermediate_size"], len(arch["linear_paths"]))
+        compressed = any(name == "quantize" for name, _ in graph.history)
+        self.calls.append((key, compressed, train))
+        if train and arch["hidden_size"] == self.fail_hidden:
+            raise TrainingDivergedError("training loss became nan at step 3 of 8 (lr 0.001)")
+        acc = 0.55 + (zlib.crc32(repr(key).encode()) % 300) / 1000
+        if compressed:
+            acc -= 0.05 if train else 0.1
+        out = {"accuracy": acc, "loss": 1 - acc, "eval_s": 0.001}
+        if train:
+            out.update(train_s=0.002, train_loss=0.6)
+        return out
+
+
+_REAL_BUILD = objectives.build_graph
+
+
+@functools.lru_cache(maxsize=None)
+def _traced(config_json: str) -> MaseGraph:
+    return _REAL_BUILD(ModelConfig.from_dict(json.loads(config_json)))
+
+
+def cached_build_graph(config: ModelConfig) -> MaseGraph:
+    """:func:`search.objectives.build_graph`, traced once per config in this process (a fresh copy each call)."""
+    return _traced(json.dumps(config.to_dict(), sort_keys=True)).copy()
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """Fake training, no data loading, and traced graphs cached per model config (copied per trial)."""
+    fake = FakeTraining()
+    monkeypatch.setattr(objectives, "build_graph", cached_build_graph)
+    monkeypatch.setattr(objectives, "train_and_eval", fake)
+    monkeypatch.setattr(study_mod, "load_data", lambda cfg: None)
+    return fake
+
+
+def tiny_config(**search) -> RunConfig:
+    """A tiny space (hidden 8/12 x heads 2/3; hidden 8 with 3 heads cannot be built), no real data."""
+    return RunConfig.from_dict({
+        "search": {"name": "t", "samplers": ["random"], "n_trials": 3, "gc_after_trial": False, **search},
+        "space": {"num_hidden_layers": [1], "num_attention_heads": [2, 3], "hidden_size": [8, 12],
+                  "intermediate_size": [16]},
+        "model": {"vocab_size": 64, "max_position_embeddings": 32},
+        "data": {"max_length": 16, "n_val": 8},
+        "train": {"progress": False},
+    })
+
+
+def trials_of(result, name=None):
+    storage = optuna.storages.RDBStorage(result.storage_url)
+    name = name or result.studies[0].name
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_plan_names_studies_by_what_varies():
+    cfg = tiny_config(samplers=["grid", "tpe+nodes"], seeds=[0, 1])
+    assert [s.name for s in plan_studies(cfg)] == ["t-grid-s0", "t-grid-s1", "t-tpe+nodes-s0", "t-tpe+nodes-s1"]
+    assert {s.curve for s in plan_studies(cfg)} == {"grid", "tpe+nodes"}
+    cfg = tiny_config(samplers=["tpe"], variants=["baseline", "compress", "compress_finetune"])
+    assert [s.name for s in plan_studies(cfg)] == ["t-baseline", "t-compress", "t-compress_finetune"]
+    nsga = plan_studies(tiny_config(samplers=["nsga2"]))[0]
+    assert nsga.objectives == ["accuracy", "compressed_size"] and nsga.directions == ["maximize", "minimize"]
+    grid = plan_studies(RunConfig.from_dict({**tiny_config().to_dict(), "search": {"samplers": ["grid"]}}))[0]
+    assert grid.n_trials == 3  # default budget of grid: its buildable combinations (not hidden 8 with 3 heads)
+
+
+@pytest.mark.parametrize("search, match", [
+    ({"samplers": ["annealing"]}, "search.samplers\\[0\\] = 'annealing' is not valid"),
+    ({"samplers": ["grid+nodes"]}, "'grid\\+nodes' is not possible"),
+    ({"variants": ["compress_finetuned"]}, "variants\\[0\\] = 'compress_finetuned' is not valid.*did you mean"),
+    ({"samplers": []}, "search.samplers is an empty list"),
+    ({"objectives": ["latency"]}, "objectives\\[0\\] = 'latency' is not valid"),
+    ({"n_trials": 0}, "n_trials = 0 is out of range"),
+])
+def test_bad_search_section(search, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(**search)
+
+
+def test_searched_fields_cannot_be_fixed_in_model():
+    with pytest.raises(ConfigError, match="model.hidden_size is searched"):
+        RunConfig.from_dict({"model": {"hidden_size": 64}})
+
+
+# --------------------------------------------------------------------------- running
+
+
+def test_grid_runs_every_buildable_combination_once(fake_training, tmp_path):
+    cfg = RunConfig.from_dict({**tiny_config().to_dict(), "search": {"name": "g", "samplers": ["grid"], "gc_after_trial": False}})
+    result = run_search(cfg, tmp_path / "run")
+    trials = trials_of(result)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(trials) == 4 and len(done) == 3 and len(pruned) == 1
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    assert "hidden_size 8 is not divisible by num_attention_heads 3" in pruned[0].user_attrs["prune_reason"]
+    assert len(fake_training.calls) == 3  # the unbuildable combination was never trained
+
+
+def test_trial_records_architecture_accuracies_cost_and_timings(fake_training, tmp_path):
+    cfg = tiny_config(samplers=["tpe+nodes"], variants=["compress_finetune"], n_trials=2, seeds=[5])
+    result = run_search(cfg, tmp_path / "run")
+    t = [t for t in trials_of(result) if t.state == TrialState.COMPLETE][0]
+    ua = t.user_attrs
+    assert ua["arch"]["hidden_size"] == t.params["hidden_size"]
+    assert ua["arch"]["identity"] == [k[len("node:"):] for k, v in t.params.items()
+                                      if k.startswith("node:") and v == "identity"]
+    assert ua["accuracy_compressed"] == pytest.approx(ua["accuracy_trained"] - 0.1)
+    assert ua["accuracy_finetuned"] == pytest.approx(ua["accuracy_trained"] - 0.05)
+    assert ua["accuracy"] == ua["accuracy_finetuned"] == t.value
+    assert ua["cost"]["size_bytes_compressed"] < ua["cost"]["size_bytes_fp32"]
+    assert {"build", "train", "eval_trained", "compress", "eval_compressed", "finetune", "eval_finetuned",
+            "cost", "total"} <= set(ua["timings"])
+    # compress_finetune calls: train, evaluate compressed, fine-tune compressed
+    assert [c[1:] for c in fake_training.calls[:3]] == [(False, True), (True, False), (True, True)]
+
+
+def test_failed_trial_is_recorded_and_the_study_goes_on(fake_training, tmp_path):
+    fake_training.fail_hidden = 8
+    cfg = RunConfig.from_dict({**tiny_config().to_dict(), "search": {"name": "f", "samplers": ["grid"], "gc_after_trial": False}})
+    result = run_search(cfg, tmp_path / "run")
+    trials = trials_of(result)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].params["hidden_size"] == 8
+    assert "TrainingDivergedError: training loss became nan" in failed[0].user_attrs["fail_reason"]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2  # the grid still finished
+    assert result.summary[0]["trials"]["fail"] == 1
+
+
+def test_too_many_failures_in_a_row_stop_the_study(fake_training, tmp_path):
+    fake_training.fail_hidden = 12
+    cfg = tiny_config(n_trials=20, max_failures_in_a_row=2)
+    cfg.space.hidden_size = [12]
+    cfg.space.num_attention_heads = [2]
+    result = run_search(cfg, tmp_path / "run")
+    assert sum(t.state == TrialState.FAIL for t in trials_of(result)) == 2
+    assert "2 trials in a row failed" in result.aborted["t"]
+
+
+def test_budget_counts_trained_trials_and_resume_adds_only_what_is_missing(fake_training, tmp_path):
+    cfg = tiny_config(n_trials=3)
+    first = run_search(cfg, tmp_path / "run")
+    before = {t.number: (t.params, t.value) for t in trials_of(first) if t.state == TrialState.COMPLETE}
+    assert len(before) == 3
+    n_calls = len(fake_training.calls)
+    again = run_search(cfg, tmp_path / "run", resume=True)  # nothing left to do
+    assert len(fake_training.calls) == n_calls
+    more = run_search(cfg, tmp_path / "run", resume=True, n_trials=5)
+    after = {t.number: (t.params, t.value) for t in trials_of(more) if t.state == TrialState.COMPLETE}
+    assert len(after) == 5 and all(after[n] == before[n] for n in before)
+    assert again.summary[0]["trials"]["complete"] == 3
+
+
+def test_resume_and_existing_study_rules(fake_training, tmp_path):
+    cfg = tiny_config(n_trials=1)
+    with pytest.raises(SearchError, match="--resume: no run to resume in .*run \\(no optuna.db\\)"):
+        run_search(cfg, tmp_path / "run", resume=True)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SearchError, match="--resume: no study of run 't' \\(t\\) exists in sqlite:///"):
+        run_search(cfg, tmp_path / "x", resume=True, storage_url=f"sqlite:///{tmp_path / 'other.db'}")
+    run_search(cfg, tmp_path / "run")
+    with pytest.raises(SearchError, match="study 't' already exists.*pass --resume"):
+        run_search(cfg, tmp_path / "run")
+    changed = tiny_config(n_trials=1)
+    changed.space.hidden_size = [8, 16]
+    with pytest.raises(SearchError, match="different search space.*space.model.hidden_size: \\[8, 12\\] in the stored"):
+        run_search(changed, tmp_path / "run", resume=True)
+    other_variant = tiny_config(n_trials=1, variants=["compress"])
+    with pytest.raises(SearchError, match="variant: 'baseline' in the stored study, 'compress' in this config"):
+        run_search(other_variant, tmp_path / "run", resume=True)
+
+
+def test_unreachable_storage_fails_before_any_data_or_training(fake_training, tmp_path, monkeypatch):
+    def no_data(cfg):
+        raise AssertionError("data loaded although the storage cannot be opened")
+
+    monkeypatch.setattr(study_mod, "load_data", no_data)
+    with pytest.raises(SearchError, match="cannot open the study storage sqlite:///.*/missing/dir/x.db"):
+        run_search(tiny_config(), tmp_path / "run", storage_url=f"sqlite:///{tmp_path}/missing/dir/x.db")
+    with pytest.raises(SearchError, match="cannot open the study storage postgresql://u:\\*\\*\\*@127.0.0.1:9/db"):
+        run_search(tiny_config(), tmp_path / "run", storage_url="postgresql://u:secret@127.0.0.1:9/db")
+    assert not fake_training.calls
+
+
+def test_same_seed_same_trials(fake_training, tmp_path):
+    cfg = tiny_config(samplers=["tpe+nodes"], n_trials=4)
+    cfg.search.sampler_options.tpe_startup_trials = 2
+    a = run_search(cfg, tmp_path / "a")
+    b = run_search(cfg, tmp_path / "b")
+    assert [(t.params, t.value) for t in trials_of(a)] == [(t.params, t.value) for t in trials_of(b)]
+
+
+def test_best_graph_is_saved_and_has_the_sampled_architecture(fake_training, tmp_path):
+    cfg = tiny_config(samplers=["random+nodes"], n_trials=4, seeds=[1])
+    result = run_search(cfg, tmp_path / "run")
+    trials = trials_of(result)
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    saved = [t for t in trials if t.user_attrs.get("graph_dir")]
+    kept = [t for t in saved if (tmp_path / "run" / "t" / "graphs" / f"trial-{t.number:05d}").is_dir()]
+    assert [t.number for t in kept] == [best.number]  # earlier bests were removed at the end
+    graph = MaseGraph.load(kept[0].user_attrs["graph_dir"])
+    seen = describe_graph(graph)
+    arch = best.user_attrs["arch"]
+    assert (seen["num_hidden_layers"], seen["num_attention_heads"], seen["hidden_size"]) == \
+        (arch["num_hidden_layers"], arch["num_attention_heads"], arch["hidden_size"])
+    assert not set(arch["identity"]) & set(seen["linear_paths"])
+    assert result.summary[0]["best"][0]["trial"] == best.number
+
+
+def test_nsga2_reports_the_pareto_front(fake_training, tmp_path):
+    cfg = tiny_config(samplers=["nsga2"], variants=["compress"], n_trials=4)
+    cfg.search.sampler_options.nsga2_population = 2
+    cfg.space.hidden_size = [8, 12, 16]
+    cfg.space.num_attention_heads = [2]
+    result = run_search(cfg, tmp_path / "run")
+    trials = [t for t in trials_of(result) if t.state == TrialState.COMPLETE]
+    assert all(len(t.values) == 2 and t.values[1] == t.user_attrs["cost"]["size_bytes_compressed"] for t in trials)
+    front = {r["trial"] for r in result.summary[0]["best"]}
+    dominated = {t.number for t in trials for u in trials
+                 if u.values[0] >= t.values[0] and u.values[1] <= t.values[1] and u.values != t.values}
+    assert front == {t.number for t in trials} - dominated
+    assert (tmp_path / "run" / "pareto.png").stat().st_size > 0
+    assert "pareto #" in (tmp_path / "run" / "summary.txt").read_text()
+
+
+def test_run_folder_contents(fake_training, tmp_path):
+    cfg = tiny_config(samplers=["random", "tpe"], seeds=[0, 1], n_trials=2)
+    result = run_search(cfg, tmp_path / "run")
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"optuna.db", "run_config.json", "summary.txt", "summary.json", "trials.csv", "best_so_far.png",
+            "best_so_far.csv", "best_so_far_mean.csv"} <= names
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [s["study"] for s in summary] == ["t-random-s0", "t-random-s1", "t-tpe-s0", "t-tpe-s1"]
+    with (tmp_path / "run" / "trials.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[:4] == ["study", "trial", "state", "num_hidden_layers"]
+    assert sum(r["state"] == "COMPLETE" for r in rows) == 8
+    assert all(float(r["accuracy"]) > 0.5 for r in rows if r["state"] == "COMPLETE")
+    assert result.files["best_so_far_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ctrl_c_marks_the_trial_interrupted_and_resume_reruns_it(fake_training, tmp_path, monkeypatch):
+    cfg = tiny_config(n_trials=3, samplers=["tpe"])
+    real = objectives.train_and_eval
+
+    def interrupt_second(graph, splits, c, train=True):
+        if train and sum(call[2] for call in fake_training.calls) == 1:
+            raise KeyboardInterrupt
+        return real(graph, splits, c, train)
+
+    monkeypatch.setattr(objectives, "train_and_eval", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, tmp_path / "run")
+    monkeypatch.setattr(objectives, "train_and_eval", real)
+    result = run_search(cfg, tmp_path / "run", resume=True)
+    trials = trials_of(result)
+    (stopped,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert stopped.user_attrs["interrupted"] and "KeyboardInterrupt" in stopped.user_attrs["fail_reason"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == stopped.number]
+    assert len(retry) == 1 and retry[0].params == stopped.params and retry[0].state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert result.summary[0]["trials"]["interrupted"] == 1
