@@ -16,9 +16,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-# The main job: trace a bert-tiny classifier and print its graph report.
+# The main job: a small real sampler comparison (grid / random / TPE) on IMDb, into a new run folder.
 run: install
-	$(VENV)/bin/mase-lite report --by module
+	$(VENV)/bin/mase-lite search --config examples/quickstart.toml --out runs/quickstart-$$(date +%Y%m%d-%H%M%S)
 
 # The whole test suite.
 test: install

@@ -262,7 +262,7 @@ def _spec_modules(spec: Any) -> set[str]:
     tp = getattr(spec, "type", None)
     if tp is not None and getattr(tp, "__module__", "builtins") != "builtins":
         mods.add(tp.__module__)
-    for child in getattr(spec, "children_specs", None) or []:
+    for child in spec.children() if hasattr(spec, "children") else []:
         mods |= _spec_modules(child)
     return mods
 

@@ -4,7 +4,7 @@
 Data and recipe come from a TOML file's ``[data]`` and ``[train]`` tables (``--config``; its
 ``[model]`` table describes the model) overridden by flags. The logic lives in functions that take
 already-built objects (:func:`train_model`, :func:`evaluate_model`); the few lines that build, trace,
-save and load models are the ``HOOK`` functions at the end of the module.
+save and load models are at the end of the module.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n-val", type=int, help="validation rows carved from the training split (default 2000)")
     g.add_argument("--n-test", type=int, help="test rows (default: all)")
     g.add_argument("--max-length", type=int, help="tokens per row after truncation (default 128)")
-    g.add_argument("--truncation", choices=["head", "head_tail"], help="which tokens long rows keep (default head)")
+    g.add_argument("--truncation", choices=["head", "head_tail"], help="which tokens long rows keep (default head_tail)")
     g.add_argument("--data-seed", type=int, help="seed of the row selection (default 0)")
     g.add_argument("--cache-dir", help="tokenised-split cache (default $MASE_LITE_CACHE or ~/.cache/mase-lite)")
 
@@ -205,13 +205,13 @@ def _print(summary: dict[str, Any], as_json: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     data_cfg = data_config_from_args(args)
     train_cfg = train_config_from_args(args)
-    model = build_model_hook(args)
+    model = _build_model(args)
     needed = ("train",) if args.eval_split == "none" else ("train", args.eval_split)
     _, splits = prepare_data(model, data_cfg, needed)
-    graph = to_graph_hook(model)
+    graph = _to_graph(model)
     summary = train_model(graph, splits, train_cfg, args.eval_split)
     if args.out:
-        summary["saved"] = str(save_graph_hook(graph, args.out, {"data": data_cfg.to_dict(), "train": train_cfg.to_dict(),
+        summary["saved"] = str(_save_graph(graph, args.out, {"data": data_cfg.to_dict(), "train": train_cfg.to_dict(),
                                                                   "results": summary}))
     _print(summary, args.json)
     return 0
@@ -222,7 +222,7 @@ def run_eval(args: argparse.Namespace) -> int:
     record = Path(args.graph) / "training.json"
     base = json.loads(record.read_text()).get("data", {}) if record.is_file() else {}
     data_cfg = data_config_from_args(args, base)
-    graph = load_graph_hook(args.graph)
+    graph = _load_graph(args.graph)
     _, splits = prepare_data(graph, data_cfg, (args.split,))
     result = evaluate_model(graph, splits, args.split, batch_size=args.batch_size, precision=args.precision,
                             num_threads=args.threads, progress=args.progress)
@@ -230,35 +230,33 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- HOOKs (lead: model building / IR)
+# --------------------------------------------------------------------------- model building and the IR
 
 
-def build_model_hook(args: argparse.Namespace):
-    """HOOK (lead): the model to train, from ``--checkpoint`` or a model config (``[model]`` of ``--config``)."""
+def _build_model(args: argparse.Namespace):
+    """the model to train, from ``--checkpoint`` or a model config (``[model]`` of ``--config``)."""
     from .common import model_from_args
 
     return model_from_args(args, _section(args, "model"))
 
 
-def to_graph_hook(model):
-    """HOOK (lead): trace the model into the MaseGraph that is trained and saved."""
+def _to_graph(model):
+    """trace the model into the MaseGraph that is trained and saved."""
     from ..graph import trace
     from ..models import example_inputs
 
     return trace(model, example_inputs(model))
 
 
-def save_graph_hook(graph, out: Path, record: dict[str, Any]) -> Path:
-    """HOOK (lead): save the trained graph to ``out``, with the data/recipe/results in ``training.json``."""
+def _save_graph(graph, out: Path, record: dict[str, Any]) -> Path:
+    """save the trained graph to ``out``, with the data/recipe/results in ``training.json``."""
     path = graph.save(out)
     (Path(path) / "training.json").write_text(json.dumps(record, indent=2, default=str))
     return Path(path)
 
 
-def load_graph_hook(path: Path):
-    """HOOK (lead): load a graph saved by :func:`save_graph_hook`."""
-    import transformers.modeling_outputs  # noqa: F401  registers HF output types with pytree (needed by torch.export.load)
-
+def _load_graph(path: Path):
+    """load a graph saved by :func:`_save_graph`."""
     from ..graph import MaseGraph
 
     return MaseGraph.load(path)

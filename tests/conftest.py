@@ -1,0 +1,107 @@
+"""Shared test fixtures.
+
+Data: the real IMDb parquet files and bert-base-uncased tokenizer from the shared mirror,
+``$MASE_LITE_DATA`` (a relative value is taken relative to the repository root, as CI sets
+``MASE_LITE_DATA=../shared/data``), default ``<repo>/../shared/data``. Tests never use the network
+(``HF_HUB_OFFLINE=1``) and never write to the user's cache (``MASE_LITE_CACHE`` points at a temp dir).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Before transformers/datasets/huggingface_hub are imported anywhere: no hub access from tests (a
+# missing mirror must fail fast instead of trying, or hanging on, the network).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _resolve_data_dir() -> Path:
+    raw = os.environ.get("MASE_LITE_DATA")
+    path = Path(raw).expanduser() if raw else REPO.parent / "shared" / "data"
+    if not path.is_absolute():
+        path = (REPO / path).resolve()
+    return path
+
+
+DATA_DIR = _resolve_data_dir()
+os.environ["MASE_LITE_DATA"] = str(DATA_DIR)  # library code resolves relative paths against the cwd
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Every test session gets its own empty mase-lite cache (never ``~/.cache``)."""
+    cache = tmp_path_factory.mktemp("mase-lite-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MASE_LITE_CACHE", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared data mirror (``imdb/``, ``bert-base-uncased/``); skips if it is absent."""
+    if not (DATA_DIR / "imdb" / "train.parquet").is_file():
+        pytest.skip(f"data mirror not found at {DATA_DIR} (set MASE_LITE_DATA)")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tokenizer(data_dir):
+    """The bert-base-uncased tokenizer from the mirror."""
+    from mase_lite.data import DataConfig, load_tokenizer
+
+    return load_tokenizer(DataConfig(data_dir=str(data_dir)))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_config(data_dir, tmp_path_factory):
+    """A small seeded IMDb subset: 256 train / 64 val / 64 test rows, max_length 48, private cache."""
+    from mase_lite.data import DataConfig
+
+    return DataConfig(
+        data_dir=str(data_dir),
+        n_train=256,
+        n_val=64,
+        n_test=64,
+        max_length=48,
+        seed=0,
+        cache_dir=str(tmp_path_factory.mktemp("tiny-imdb-cache")),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_splits(tiny_data_config, tokenizer):
+    """The tokenised splits of :func:`tiny_data_config` (``mase_lite.data.Splits``)."""
+    from mase_lite.data import load_splits
+
+    return load_splits(tiny_data_config, tokenizer)
+
+
+def make_tiny_bert(seed: int = 0, **overrides):
+    """A 2-layer, 32-wide BertForSequenceClassification (bert-base-uncased vocabulary), seeded."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    kwargs = dict(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=30522,
+        max_position_embeddings=128,
+    )
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(**kwargs))
+
+
+@pytest.fixture
+def tiny_bert():
+    """A fresh :func:`make_tiny_bert` model (seed 0) for each test."""
+    return make_tiny_bert()
