@@ -31,10 +31,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import passes.analysis.cost  # noqa: E402,F401  (registers the passes)
-import passes.transforms.identity  # noqa: E402,F401
-import passes.transforms.prune  # noqa: E402,F401
-import passes.transforms.quantize  # noqa: E402,F401
 from mase_lite.graph import trace  # noqa: E402
 from mase_lite.models import ModelConfig, build_model, example_inputs  # noqa: E402
 from passes import run_pipeline  # noqa: E402

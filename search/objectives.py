@@ -98,21 +98,12 @@ def train_and_eval(graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool 
     return out
 
 
-def register_passes() -> None:
-    """Import the passes search runs, so they are registered whatever ``passes``' packages import."""
-    import passes.analysis.cost  # noqa: F401
-    import passes.transforms.identity  # noqa: F401
-    import passes.transforms.prune  # noqa: F401
-    import passes.transforms.quantize  # noqa: F401
-
-
 def apply_identity(graph: MaseGraph, module_paths: Sequence[str]) -> MaseGraph:
     """Replace the linear nodes of ``module_paths`` with identities."""
     if not module_paths:
         return graph
     from passes import run_pass
 
-    register_passes()
     graph, _ = run_pass(graph, "replace_linear_with_identity", {"module_paths": list(module_paths)})
     return graph
 
@@ -121,7 +112,6 @@ def compress(graph: MaseGraph, pipeline: dict[str, Any]) -> MaseGraph:
     """Run the compression pipeline (``{"passes": ...}``) on ``graph``."""
     from passes import run_pipeline
 
-    register_passes()
     graph, _ = run_pipeline(graph, pipeline)
     return graph
 
@@ -130,7 +120,6 @@ def measure_cost(graph: MaseGraph) -> dict[str, Any]:
     """The ``cost`` pass's figures for ``graph`` (its scalar totals)."""
     from passes import run_pass
 
-    register_passes()
     _, info = run_pass(graph, "cost", {})
     return {k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 

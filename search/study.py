@@ -185,9 +185,6 @@ class RunConfig(Config):
         ):
             from passes import parse_pipeline
 
-            from .objectives import register_passes
-
-            register_passes()
             parse_pipeline(self.compression)
 
     def finetune_config(self) -> TrainConfig:

@@ -105,3 +105,19 @@ def make_tiny_bert(seed: int = 0, **overrides):
 def tiny_bert():
     """A fresh :func:`make_tiny_bert` model (seed 0) for each test."""
     return make_tiny_bert()
+
+
+@pytest.fixture
+def graph():
+    """A fresh traced 1-layer, 32-wide BERT classifier (compression pass tests; see _compression_helpers)."""
+    from _compression_helpers import tiny_graph
+
+    return tiny_graph()
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    """Fixed inputs for :func:`graph`."""
+    from _compression_helpers import tiny_inputs
+
+    return tiny_inputs()

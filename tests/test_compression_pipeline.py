@@ -8,10 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import passes.analysis.cost  # noqa: F401  (registers the passes)
-import passes.transforms.identity  # noqa: F401
-import passes.transforms.prune  # noqa: F401
-import passes.transforms.quantize  # noqa: F401
 from _compression_helpers import LAB2_PRUNE, LINEAR_8_4, linears
 from mase_lite import MaseGraph, trace
 from mase_lite.cli import main

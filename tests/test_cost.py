@@ -5,12 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-import passes.analysis.cost  # noqa: F401  (registers the passes)
-import passes.transforms.identity  # noqa: F401
-import passes.transforms.prune  # noqa: F401
-import passes.transforms.quantize  # noqa: F401
 from _compression_helpers import LAB2_PRUNE, LINEAR_8_4, hand_q, linears, tiny_graph
 from mase_lite import ConfigError
 from passes import run_pass

@@ -5,9 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import passes.transforms.identity  # noqa: F401  (registers the passes)
-import passes.transforms.prune  # noqa: F401
-import passes.transforms.quantize  # noqa: F401
 from _compression_helpers import (
     LAB2_PRUNE,
     LINEAR_8_4,
@@ -15,24 +12,12 @@ from _compression_helpers import (
     linears,
     reference_graph,
     state,
-    tiny_graph,
-    tiny_inputs,
 )
 from mase_lite import ConfigError, MaseGraph
 from passes import run_pass
 
 Q_PATH = "bert.encoder.layer.0.attention.self.query"
 O_PATH = "bert.encoder.layer.0.attention.output.dense"
-
-
-@pytest.fixture
-def graph():
-    return tiny_graph()
-
-
-@pytest.fixture(scope="module")
-def inputs():
-    return tiny_inputs()
 
 
 def paths(g):

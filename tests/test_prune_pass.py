@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import passes.transforms.prune  # noqa: F401  (registers the passes)
-import passes.transforms.quantize  # noqa: F401
 from _compression_helpers import (
     LAB2_PRUNE,
     LINEAR_8_4,
@@ -14,24 +12,12 @@ from _compression_helpers import (
     linears,
     reference_graph,
     state,
-    tiny_graph,
-    tiny_inputs,
 )
 from mase_lite import ConfigError, MaseGraph
 from passes import run_pass
 from passes.transforms import ops
 from passes.transforms.compressed_nodes import linear_mask_node
 from passes.transforms.sparsity import num_to_prune
-
-
-@pytest.fixture
-def graph():
-    return tiny_graph()
-
-
-@pytest.fixture(scope="module")
-def inputs():
-    return tiny_inputs()
 
 
 def weight_and_mask(g, node):

@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import passes.transforms.prune  # noqa: F401  (registers the pass)
-import passes.transforms.quantize  # noqa: F401
 from _compression_helpers import (
     LINEAR_8_4,
     Q,
@@ -19,22 +17,12 @@ from _compression_helpers import (
     reference_graph,
     state,
     tiny_graph,
-    tiny_inputs,
 )
 from mase_lite import ConfigError, MaseGraph, trace
 from passes import run_pass
 from passes.transforms import ops
+from passes.transforms.quantize import QuantizeConfig
 
-
-
-@pytest.fixture
-def graph():
-    return tiny_graph()
-
-
-@pytest.fixture(scope="module")
-def inputs():
-    return tiny_inputs()
 
 
 class Tiny(nn.Module):
@@ -94,7 +82,7 @@ def test_by_type_quantises_linears_only_and_matches_reference(graph, inputs):
     assert all(n.target is ops.compressed_linear and n.kwargs["weight_q"] == (8, 4, False) for n in linears)
     assert not any(n.target in (ops.compressed_embedding, ops.compressed_sdpa) for n in g.nodes)
     assert info["shared_inputs"] == 1  # query/key/value read one quantised input
-    assert g.history == [("quantize", passes.transforms.quantize.QuantizeConfig.from_dict(cfg).to_dict())]
+    assert g.history == [("quantize", QuantizeConfig.from_dict(cfg).to_dict())]
     g.eval()
     with torch.no_grad():
         out = g(**inputs).logits

@@ -87,18 +87,10 @@ def _load(args: argparse.Namespace) -> TransformFile:
     cfg = TransformFile.from_dict(load_toml(args.config))
     from passes import parse_pipeline
 
-    _register_passes()
     parse_pipeline({"passes": cfg.passes})  # every pass name and config checked before any work
     if cfg.model is not None:
         model_config_from_args(args, cfg.model)  # checks the [model] table too
     return cfg
-
-
-def _register_passes() -> None:
-    import passes.analysis.cost  # noqa: F401
-    import passes.transforms.identity  # noqa: F401
-    import passes.transforms.prune  # noqa: F401
-    import passes.transforms.quantize  # noqa: F401
 
 
 def node_rows(graph) -> list[dict[str, Any]]:
