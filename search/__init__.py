@@ -7,7 +7,8 @@
 from .objectives import OBJECTIVES, BaseObjective, BaselineObjective, CompressFinetuneObjective, CompressObjective
 from .samplers import SAMPLERS, make_sampler, parse_sampler
 from .space import BaseSearchSpace, InvalidArchitecture, ModelSpace, NodeSpace, SearchSpace, SpaceConfig, describe_graph
-from .study import RunConfig, SearchError, load_run_config, plan_studies, run_search
+from .config import RunConfig, SearchError, load_run_config, plan_studies
+from .study import run_search
 
 __all__ = [
     "OBJECTIVES", "SAMPLERS", "BaseObjective", "BaseSearchSpace", "BaselineObjective", "CompressFinetuneObjective",

@@ -51,7 +51,7 @@ def best_so_far(values: Sequence[float | None]) -> list[float]:
 
 def study_curve(study: optuna.Study) -> Curve:
     """The :class:`Curve` of a study (label and seed from its user attributes)."""
-    from .study import interrupted_numbers
+    from .storage import interrupted_numbers
 
     trials, accs = [], []
     all_trials = study.get_trials(deepcopy=False)

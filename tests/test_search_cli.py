@@ -170,7 +170,7 @@ num_threads = 2
 def test_example_configs_plan_their_studies(name, studies):
     from pathlib import Path
 
-    from search.study import load_run_config, plan_studies
+    from search.config import load_run_config, plan_studies
 
     cfg = load_run_config(Path(__file__).resolve().parents[1] / "examples" / f"{name}.toml")
     assert [s.name for s in plan_studies(cfg)] == studies

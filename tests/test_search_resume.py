@@ -32,6 +32,7 @@ WORKER = textwrap.dedent("""
     block_at = int(os.environ["BLOCK_AT"])
 
     def train_and_eval(graph, splits, cfg, train=True):
+        time.sleep(float(os.environ.get("TRIAL_SLEEP", "0")))
         if train and sum(c[2] for c in fake.calls) + 1 == block_at:
             with open(os.environ["MARKER"], "w") as fh:
                 fh.write(str(os.getpid()))
@@ -135,3 +136,39 @@ def test_sigkill_mid_trial_then_resume(sampler, n_trials, tmp_path, fake_trainin
     else:
         retry = [t for t in done if t.user_attrs.get("retry_of") == killed.number]
         assert len(retry) == 1 and retry[0].params == killed.params
+
+
+def test_two_processes_share_one_study(tmp_path):
+    """``--storage``/run folder shared by two ``mase-lite search`` processes: the second joins with
+    ``--resume``; together they run the study's budget, each trial once, and both did work."""
+    cfg = tmp_path / "two.toml"
+    cfg.write_text(CONFIG.format(sampler="random", n_trials="n_trials = 6"))
+    out = tmp_path / "run"
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "BLOCK_AT": "1000", "MARKER": str(tmp_path / "never"), "TRIAL_SLEEP": "0.5"}
+    args = [sys.executable, str(script), "search", "--config", str(cfg), "--out", str(out)]
+    first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    storage_url = f"sqlite:///{out / 'optuna.db'}"
+    end = time.monotonic() + 300
+    while True:  # join once the first process has created the study and started a trial
+        if first.poll() is not None:
+            raise AssertionError(f"first worker exited early:\n{first.stderr.read().decode()[-3000:]}")
+        try:
+            if (out / "optuna.db").exists() and optuna.load_study(study_name="kill", storage=storage_url).get_trials():
+                break
+        except KeyError:  # database created, study not yet
+            pass
+        assert time.monotonic() < end, "the first worker never started a trial"
+        time.sleep(0.2)
+    second = subprocess.Popen(args + ["--resume"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for proc in (first, second):
+        assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
+        proc.stderr.close()
+    trials = optuna.load_study(study_name="kill", storage=storage_url).get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) >= 6
+    assert len({t.number for t in done}) == len(done)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    workers = {t.user_attrs["worker"] for t in done}
+    assert len(workers) == 2, workers

@@ -22,7 +22,8 @@ from mase_lite.graph import MaseGraph
 from mase_lite.models import ModelConfig
 from mase_lite.training import TrainingDivergedError
 from search.space import describe_graph
-from search.study import RunConfig, SearchError, plan_studies, run_search
+from search.config import RunConfig, SearchError, plan_studies
+from search.study import run_search
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

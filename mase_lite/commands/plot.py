@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from search.plots import run_study_names, write_figures
-    from search.study import SearchError, default_storage_url, open_storage
+    from search.config import SearchError
+    from search.storage import default_storage_url, open_storage
 
     if args.run_dir is not None:
         db = args.run_dir / "optuna.db"

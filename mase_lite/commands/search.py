@@ -85,7 +85,9 @@ def _log_file(path: Path) -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     from mase_lite.errors import ConfigError
-    from search.study import format_summary, load_run_config, run_search
+    from search.config import load_run_config
+    from search.study import run_search
+    from search.summary import format_summary
 
     if args.n_trials is not None and args.n_trials < 1:
         raise ConfigError(f"--n-trials = {args.n_trials} must be at least 1")

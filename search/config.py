@@ -1,0 +1,277 @@
+"""The run config of a search (TOML tables) and the studies it plans, with their fingerprints.
+
+See :mod:`search.study` for the tables and how studies are named.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+
+from mase_lite.config import Config, check_choice, check_range, load_toml
+from mase_lite.data import DataConfig
+from mase_lite.errors import ConfigError, MaseError
+from mase_lite.models import ModelConfig
+from mase_lite.training import TrainConfig
+
+from .objectives import METRICS, OBJECTIVES
+from .samplers import SamplerOptions, parse_sampler
+from .space import MODEL_PARAMS, SearchSpace, SpaceConfig
+
+log = logging.getLogger(__name__)
+
+#: Lab 2's compression: integer 8-bit data/weight/bias with 4 fraction bits on every linear layer,
+#: then 50 % l1-norm local sparsity on weights and activations.
+DEFAULT_COMPRESSION: dict[str, Any] = {
+    "passes": {
+        "quantize": {
+            "by": "type",
+            "default": {"config": {"name": "NA"}},
+            "linear": {
+                "config": {
+                    "name": "integer",
+                    "data_in_width": 8, "data_in_frac_width": 4,
+                    "weight_width": 8, "weight_frac_width": 4,
+                    "bias_width": 8, "bias_frac_width": 4,
+                }
+            },
+        },
+        "prune": {
+            "weight": {"sparsity": 0.5, "method": "l1-norm", "scope": "local", "granularity": "elementwise"},
+            "activation": {"sparsity": 0.5, "method": "l1-norm", "scope": "local", "granularity": "token"},
+        },
+    }
+}
+
+#: Training fields that do not change results (left out of the fingerprint).
+_NEUTRAL_TRAIN_FIELDS = ("progress", "num_threads", "log_every")
+FINGERPRINT_VERSION = 1
+
+
+class SearchError(MaseError):
+    """A search cannot start or continue (storage, existing studies, resume)."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass
+class SearchSection(Config):
+    """The ``[search]`` table.
+
+    ``samplers``: ``grid``, ``random``, ``tpe``, ``nsga2``, optionally with ``+nodes`` (per-node
+    identity choices; not for grid). ``variants``: ``baseline``, ``compress``, ``compress_finetune``.
+    ``objectives``: default ``["accuracy"]``, and ``["accuracy", "compressed_size"]`` for nsga2.
+    ``n_trials``: trials that train per study (default: the grid's size for grid, else 20).
+    ``storage``: an Optuna RDB URL (default: ``sqlite:///<run dir>/optuna.db``).
+    ``gc_after_trial``: run the garbage collector after each trial (frees big models' memory at once;
+    about 0.3 s a trial).
+    """
+
+    name: str = "search"
+    samplers: list[str] = dataclasses.field(default_factory=lambda: ["tpe"])
+    variants: list[str] = dataclasses.field(default_factory=lambda: ["baseline"])
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    n_trials: int | None = None
+    objectives: list[str] | None = None
+    storage: str | None = None
+    save_graphs: bool = True
+    max_failures_in_a_row: int = 5
+    heartbeat_interval: int = 60
+    gc_after_trial: bool = True
+    sampler_options: SamplerOptions = dataclasses.field(default_factory=SamplerOptions)
+
+    def validate(self, path: str = "") -> None:
+        p = f"{path}." if path else ""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", self.name):
+            raise ConfigError(f"{p}name = {self.name!r}: use letters, digits and _ . + - (it names studies and the run folder)")
+        for key in ("samplers", "variants", "seeds"):
+            values = getattr(self, key)
+            if not values:
+                raise ConfigError(f"{p}{key} is an empty list")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{p}{key} = {values} has repeated values")
+        for i, s in enumerate(self.samplers):
+            parse_sampler(s, f"{p}samplers[{i}]")
+        for i, v in enumerate(self.variants):
+            check_choice(f"{p}variants[{i}]", v, list(OBJECTIVES))
+        if self.objectives is not None:
+            if not self.objectives:
+                raise ConfigError(f"{p}objectives is an empty list; use some of {list(METRICS)}")
+            for i, o in enumerate(self.objectives):
+                check_choice(f"{p}objectives[{i}]", o, list(METRICS))
+            if len(set(self.objectives)) != len(self.objectives):
+                raise ConfigError(f"{p}objectives = {self.objectives} has repeated values")
+        if self.n_trials is not None:
+            check_range(f"{p}n_trials", self.n_trials, 1)
+        check_range(f"{p}max_failures_in_a_row", self.max_failures_in_a_row, 0)
+        check_range(f"{p}heartbeat_interval", self.heartbeat_interval, 1)
+
+    def objectives_for(self, sampler: str) -> list[str]:
+        if self.objectives is not None:
+            return list(self.objectives)
+        return ["accuracy", "compressed_size"] if sampler == "nsga2" else ["accuracy"]
+
+
+@dataclasses.dataclass
+class RunConfig(Config):
+    """A whole search run (see the module docstring)."""
+
+    search: SearchSection = dataclasses.field(default_factory=SearchSection)
+    space: SpaceConfig = dataclasses.field(default_factory=SpaceConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    finetune: dict[str, Any] = dataclasses.field(default_factory=dict)
+    compression: dict[str, Any] = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULT_COMPRESSION))
+
+    @classmethod
+    def from_dict(cls, data, path: str = ""):  # type: ignore[override]
+        model = (data or {}).get("model") or {}
+        fixed = [k for k in MODEL_PARAMS if k in model]
+        if fixed:
+            raise ConfigError(f"model.{fixed[0]} is searched: set it in [space] as a list (e.g. {fixed[0]} = [{model[fixed[0]]}])")
+        if "seed" in model:
+            raise ConfigError("model.seed is set per study from search.seeds; remove it from [model]")
+        return super().from_dict(data, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["model"] = {k: v for k, v in d["model"].items() if k not in (*MODEL_PARAMS, "seed")}
+        return d
+
+    def validate(self, path: str = "") -> None:
+        self.finetune_config()
+        if self.data.max_length > self.model.max_position_embeddings:
+            raise ConfigError(
+                f"data.max_length = {self.data.max_length} exceeds model.max_position_embeddings = "
+                f"{self.model.max_position_embeddings}"
+            )
+        if self.data.num_labels != self.model.num_labels:
+            raise ConfigError(f"data.num_labels = {self.data.num_labels} but model.num_labels = {self.model.num_labels}")
+        if any(v in ("compress", "compress_finetune") for v in self.search.variants) or any(
+            o == "compressed_size" for s in self.search.samplers for o in self.search.objectives_for(parse_sampler(s)[0])
+        ):
+            from passes import parse_pipeline
+
+            parse_pipeline(self.compression)
+
+    def finetune_config(self) -> TrainConfig:
+        """``[train]`` with ``[finetune]``'s fields on top (one epoch unless it says otherwise)."""
+        return TrainConfig.from_dict({**self.train.to_dict(), "epochs": 1, **self.finetune}, path="finetune")
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a run config TOML; ``overrides`` (nested ``{table: {key: value}}``) replace its values."""
+
+    def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+        for k, v in new.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v)
+            else:
+                into[k] = v
+
+    data = load_toml(path)
+    merge(data, overrides or {})
+    return RunConfig.from_dict(data)
+
+
+# --------------------------------------------------------------------------- studies
+
+
+@dataclasses.dataclass
+class StudySpec:
+    """One study of a run."""
+
+    name: str
+    run: str
+    curve: str
+    sampler: str  # as written, e.g. "tpe+nodes"
+    seed: int
+    variant: str
+    objectives: list[str]
+    n_trials: int
+
+    @property
+    def sampler_name(self) -> str:
+        return parse_sampler(self.sampler)[0]
+
+    @property
+    def nodes(self) -> bool:
+        return parse_sampler(self.sampler)[1]
+
+    @property
+    def directions(self) -> list[str]:
+        return [METRICS[o][0] for o in self.objectives]
+
+
+def plan_studies(cfg: RunConfig) -> list[StudySpec]:
+    """The studies of a run, in the order they are run."""
+    s = cfg.search
+    specs = []
+    for sampler in s.samplers:
+        name, nodes = parse_sampler(sampler)
+        space = SearchSpace.from_config(cfg.space, cfg.model, with_nodes=nodes)
+        n_trials = s.n_trials if s.n_trials is not None else (space.model.n_valid() if name == "grid" else 20)
+        for variant in s.variants:
+            parts = ([sampler] if len(s.samplers) > 1 else []) + ([variant] if len(s.variants) > 1 else [])
+            curve = "-".join(parts) or sampler
+            for seed in s.seeds:
+                study = "-".join([s.name, *parts, *([f"s{seed}"] if len(s.seeds) > 1 else [])])
+                specs.append(StudySpec(study, s.name, curve, sampler, seed, variant, s.objectives_for(name), n_trials))
+    return specs
+
+
+def study_fingerprint(cfg: RunConfig, spec: StudySpec) -> dict[str, Any]:
+    """Everything that gives a study's trials their meaning (n_trials and storage excluded)."""
+    space = SearchSpace.from_config(cfg.space, cfg.model, with_nodes=spec.nodes)
+    train = {k: v for k, v in cfg.train.to_dict().items() if k not in _NEUTRAL_TRAIN_FIELDS}
+    d: dict[str, Any] = {  # in the order differences are reported
+        "version": FINGERPRINT_VERSION,
+        "space": space.to_dict(),
+        "sampler": spec.sampler,
+        "variant": spec.variant,
+        "objectives": spec.objectives,
+        "seed": spec.seed,
+        "sampler_options": cfg.search.sampler_options.to_dict(),
+        "data": {k: v for k, v in cfg.data.to_dict().items() if k not in ("data_dir", "cache_dir")},
+        "train": train,
+    }
+    if spec.variant != "baseline" or "compressed_size" in spec.objectives:
+        d["compression"] = cfg.compression
+    if spec.variant == "compress_finetune":
+        d["finetune"] = {k: v for k, v in cfg.finetune_config().to_dict().items() if k not in _NEUTRAL_TRAIN_FIELDS}
+    return d
+
+
+def digest(d: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _short_repr(v: Any, n: int = 80) -> str:
+    r = "(absent)" if v is _ABSENT else repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+_ABSENT = object()
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """The first differing entry of two nested dicts (in ``b``'s key order), as a phrase."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*b, *(k for k in a if k not in b)]:
+            sub = f"{path}.{k}" if path else str(k)
+            diff = first_difference(a.get(k, _ABSENT), b.get(k, _ABSENT), sub)
+            if diff:
+                return diff
+        return None
+    if a != b:
+        return f"{path}: {_short_repr(a)} in the stored study, {_short_repr(b)} in this config"
+    return None

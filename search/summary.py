@@ -1,0 +1,160 @@
+"""The summary table and the trial CSV of a search, read back from storage."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from mase_lite.errors import MaseError
+
+from .space import MODEL_PARAMS
+from .storage import interrupted_numbers
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- summary
+
+
+def _arch_str(arch: dict[str, Any] | None) -> str:
+    if not arch:
+        return "-"
+    s = (f"L{arch.get('num_hidden_layers')} A{arch.get('num_attention_heads')} H{arch.get('hidden_size')} "
+         f"I{arch.get('intermediate_size')}")
+    if arch.get("n_identity"):
+        s += f" id{arch['n_identity']}"
+    return s
+
+
+def _trial_row(t: FrozenTrial) -> dict[str, Any]:
+    ua = t.user_attrs
+    cost = ua.get("cost") or {}
+    return {
+        "trial": t.number,
+        "state": t.state.name,
+        "accuracy": ua.get("accuracy"),
+        "accuracy_trained": ua.get("accuracy_trained"),
+        "accuracy_compressed": ua.get("accuracy_compressed"),
+        "accuracy_finetuned": ua.get("accuracy_finetuned"),
+        "values": list(t.values) if t.values else None,
+        "arch": ua.get("arch"),
+        "cost": cost,
+        "seconds": (ua.get("timings") or {}).get("total"),
+        "graph_dir": ua.get("graph_dir"),
+        "reason": ua.get("fail_reason") or ua.get("prune_reason"),
+    }
+
+
+def summarize(storage, study_names: Iterable[str]) -> list[dict[str, Any]]:
+    """Per study: counts, and the best trial (single objective) or the Pareto front (several)."""
+    out = []
+    for name in study_names:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            continue
+        trials = study.get_trials(deepcopy=False)
+        counts = {s.name.lower(): sum(t.state == s for t in trials)
+                  for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING)}
+        counts["interrupted"] = len(interrupted_numbers(trials))
+        try:
+            best = study.best_trials if len(study.directions) > 1 else [study.best_trial]
+        except ValueError:
+            best = []
+        best = sorted(best, key=lambda t: -(t.user_attrs.get("accuracy") or 0.0))
+        out.append({
+            "study": name,
+            **{k: study.user_attrs.get(k) for k in ("run", "curve", "sampler", "variant", "seed", "objectives")},
+            "directions": [d.name.lower() for d in study.directions],
+            "trials": counts,
+            "best": [_trial_row(t) for t in best],
+        })
+    return out
+
+
+def _fmt(v: Any, spec: str = ".4f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def _mb(v: Any) -> str:
+    return "-" if v is None else f"{float(v) / 1e6:.2f}"
+
+
+def format_summary(summary: list[dict[str, Any]]) -> str:
+    """A plain-text table: one line per study's best trial (several for a Pareto front)."""
+    head = ["study", "done/fail/pruned", "best", "acc", "acc_trained", "acc_compr", "acc_ft", "arch",
+            "params", "fp32 MB", "compr MB", "s"]
+    rows = []
+    for s in summary:
+        c = s["trials"]
+        counts = f"{c['complete']}/{c['fail']}/{c['pruned']}"
+        front = len(s["directions"]) > 1
+        if not s["best"]:
+            rows.append([s["study"], counts, "-", *["-"] * 9])
+        for i, b in enumerate(s["best"]):
+            cost = b["cost"] or {}
+            rows.append([
+                s["study"] if i == 0 else "", counts if i == 0 else "",
+                f"{'pareto ' if front else ''}#{b['trial']}",
+                _fmt(b["accuracy"]), _fmt(b["accuracy_trained"]), _fmt(b["accuracy_compressed"]),
+                _fmt(b["accuracy_finetuned"]), _arch_str(b["arch"]), _fmt(cost.get("params")),
+                _mb(cost.get("size_bytes_fp32")), _mb(_compressed(cost)), _fmt(b["seconds"], ".1f"),
+            ])
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _compressed(cost: dict[str, Any]) -> Any:
+    from .objectives import compressed_size
+
+    try:
+        return compressed_size(cost)
+    except MaseError:
+        return None
+
+
+def write_trials_csv(storage, study_names: Iterable[str], path: Path) -> Path:
+    """Every trial of the studies, one row each (architecture, accuracies, cost, timings, reasons)."""
+    rows = []
+    cost_keys: list[str] = []
+    for name in study_names:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            continue
+        for t in study.get_trials(deepcopy=False):
+            ua = t.user_attrs
+            arch = ua.get("arch") or {}
+            cost = ua.get("cost") or {}
+            cost_keys += [k for k in cost if k not in cost_keys]
+            rows.append({
+                "study": name, "trial": t.number, "state": t.state.name,
+                **{k: arch.get(k) for k in MODEL_PARAMS}, "n_identity": arch.get("n_identity"),
+                "identity": " ".join(arch.get("identity") or []),
+                "accuracy": ua.get("accuracy"), "accuracy_trained": ua.get("accuracy_trained"),
+                "accuracy_compressed": ua.get("accuracy_compressed"), "accuracy_finetuned": ua.get("accuracy_finetuned"),
+                "values": " ".join(map(str, t.values)) if t.values else "",
+                **{f"cost.{k}": v for k, v in cost.items()},
+                **{f"time.{k}": v for k, v in (ua.get("timings") or {}).items()},
+                "interrupted": bool(ua.get("interrupted")),
+                "reason": ua.get("fail_reason") or ua.get("prune_reason") or "",
+                "graph_dir": ua.get("graph_dir") or "",
+            })
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return path
