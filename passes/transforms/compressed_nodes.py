@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import operator
 import re
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional, TypeVar
 
 import torch
 from torch import fx
@@ -20,6 +20,8 @@ from mase_lite.errors import ConfigError, PassError
 from mase_lite.graph import MaseGraph
 
 from .ops import compressed_embedding, compressed_linear, compressed_sdpa, quantize_prune_input
+
+T = TypeVar("T")
 
 aten = torch.ops.aten
 
@@ -141,6 +143,21 @@ def match_nodes(graph: MaseGraph, nodes: Iterable[fx.Node], key: str, regex: boo
                 out.append(n)
     else:
         out = [n for n in nodes if n.name == key or module_path(graph, n) == key]
+    return out
+
+
+def assign_by_key(graph: MaseGraph, nodes: list[fx.Node], entries: Mapping[str, T], regex: bool, path: str,
+                  what: str) -> dict[fx.Node, T]:
+    """Map each node to the value of the first key (name, module path or regex) that matches it.
+
+    A key that matches none of ``nodes`` is a ConfigError naming ``path.key`` and the candidates."""
+    out: dict[fx.Node, T] = {}
+    for key, value in entries.items():
+        matched = match_nodes(graph, nodes, key, regex)
+        if not matched:
+            raise no_match_error(f"{path}.{key}", key, graph, nodes, what)
+        for n in matched:
+            out.setdefault(n, value)
     return out
 
 

@@ -46,14 +46,13 @@ from mase_lite.graph import MaseGraph
 from ..registry import register_pass
 from .compressed_nodes import (
     as_compressed_linear,
+    assign_by_key,
     check_regex,
     get_tensor,
     linear_mask_node,
     linear_nodes,
     linear_settings,
-    match_nodes,
     module_path,
-    no_match_error,
     owner_and_name,
     refresh_shared_inputs,
     update_kwargs,
@@ -146,15 +145,7 @@ def _merge(base: Config, override: Optional[Config]) -> Config:
 
 
 def _assign_overrides(graph: MaseGraph, config: PruneConfig, nodes: list[fx.Node]) -> dict[fx.Node, NodeOverride]:
-    out: dict[fx.Node, NodeOverride] = {}
-    regex = config.by == "regex_name"
-    for key, ov in config.nodes.items():
-        matched = match_nodes(graph, nodes, key, regex)
-        if not matched:
-            raise no_match_error(f"prune.nodes.{key}", key, graph, nodes, "linear node")
-        for n in matched:
-            out.setdefault(n, ov)
-    return out
+    return assign_by_key(graph, nodes, config.nodes, config.by == "regex_name", "prune.nodes", "linear node")
 
 
 def _set_mask(graph: MaseGraph, node: fx.Node, mask: torch.Tensor) -> None:

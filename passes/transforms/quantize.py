@@ -46,14 +46,13 @@ from ..registry import register_pass
 from .compressed_nodes import (
     as_compressed_embedding,
     as_compressed_linear,
+    assign_by_key,
     as_compressed_sdpa,
     check_regex,
     is_attention,
     is_embedding,
     is_linear,
-    match_nodes,
     module_path,
-    no_match_error,
     refresh_shared_inputs,
     update_kwargs,
 )
@@ -190,13 +189,8 @@ def _assign(graph: MaseGraph, config: QuantizeConfig, nodes: list[fx.Node]) -> d
             if entry is not None:
                 out[n] = entry
         return out
-    regex = config.by == "regex_name"
-    for key, entry in config.entries.items():
-        matched = match_nodes(graph, nodes, key, regex)
-        if not matched:
-            raise no_match_error(f"quantize.{key}", key, graph, nodes, "quantisable node")
-        for n in matched:
-            out.setdefault(n, entry.config)
+    entries = {key: entry.config for key, entry in config.entries.items()}
+    out = assign_by_key(graph, nodes, entries, config.by == "regex_name", "quantize", "quantisable node")
     if config.default is not None:
         for n in nodes:
             out.setdefault(n, config.default.config)
