@@ -94,7 +94,9 @@ def run_mase(splits, args) -> dict:
         from mase_lite.models import example_inputs
 
         model = trace(model, example_inputs(model))
-    cfg = TrainConfig(progress=args.progress, num_threads=args.threads)
+    cfg = TrainConfig(progress=args.progress, num_threads=args.threads,
+                      **({"lr": args.lr} if args.lr is not None else {}),
+                      **({"warmup_ratio": args.warmup_ratio} if args.warmup_ratio is not None else {}))
     t0 = time.perf_counter()
     tr = train(model, splits.train, cfg, pad_id=splits.pad_id)
     t1 = time.perf_counter()
@@ -146,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="rounds of (mase, hf), order alternating")
     p.add_argument("--recipes", default="mase,hf", help="comma-separated subset of mase,hf")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: available CPUs)")
+    p.add_argument("--lr", type=float, default=None, help="mase recipe learning rate (default: TrainConfig's)")
+    p.add_argument("--warmup-ratio", type=float, default=None, help="mase recipe warmup ratio (default: TrainConfig's)")
     p.add_argument("--graph", action="store_true", help="train the traced MaseGraph in the mase recipe")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
