@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from mase_lite.cli import main
@@ -157,7 +158,7 @@ def test_two_processes_share_one_study(tmp_path):
         try:
             if (out / "optuna.db").exists() and optuna.load_study(study_name="kill", storage=storage_url).get_trials():
                 break
-        except KeyError:  # database created, study not yet
+        except (KeyError, sqlalchemy.exc.OperationalError):  # database or study still being created
             pass
         assert time.monotonic() < end, "the first worker never started a trial"
         time.sleep(0.2)
