@@ -3,8 +3,10 @@ lost or repeated, and the interrupted one is run again (fake training; real CLI,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,7 +15,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from mase_lite.cli import main
@@ -152,14 +153,17 @@ def test_two_processes_share_one_study(tmp_path):
     first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     storage_url = f"sqlite:///{out / 'optuna.db'}"
     end = time.monotonic() + 300
+    db = out / "optuna.db"
     while True:  # join once the first process has created the study and started a trial
         if first.poll() is not None:
             raise AssertionError(f"first worker exited early:\n{first.stderr.read().decode()[-3000:]}")
-        try:
-            if (out / "optuna.db").exists() and optuna.load_study(study_name="kill", storage=storage_url).get_trials():
-                break
-        except (KeyError, sqlalchemy.exc.OperationalError):  # database or study still being created
-            pass
+        if db.exists():  # read-only: opening it through Optuna here would race the worker's schema creation
+            try:
+                with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+                    if con.execute("SELECT count(*) FROM trials").fetchone()[0]:
+                        break
+            except sqlite3.OperationalError:  # schema not created yet
+                pass
         assert time.monotonic() < end, "the first worker never started a trial"
         time.sleep(0.2)
     second = subprocess.Popen(args + ["--resume"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
