@@ -132,14 +132,8 @@ def plot_best_so_far(curves: Sequence[Curve], png: Path, csv_path: Path, title: 
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("trial (trained trials, in order)")
-    ax.set_ylabel("best validation accuracy so far")
-    ax.set_title(title or "Best accuracy so far")
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(png)
+    _finish(fig, ax, png, "trial (trained trials, in order)", "best validation accuracy so far",
+            title or "Best accuracy so far", legend_loc="best")
     return {"best_so_far_png": png, "best_so_far_csv": csv_path, "best_so_far_mean_csv": mean_path}
 
 
@@ -155,6 +149,18 @@ def pareto_points(study: optuna.Study) -> list[dict[str, Any]]:
         out.append({"study": study.study_name, "trial": t.number, "accuracy": t.user_attrs.get("accuracy"),
                     "compressed_size_bytes": size, "on_front": t.number in front})
     return out
+
+
+def _finish(fig: Any, ax: Any, png: Path, xlabel: str, ylabel: str, title: str, legend_loc: str) -> None:
+    """Label, grid and legend the axes, then write the figure to ``png``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc=legend_loc, fontsize="small")
+    fig.tight_layout()
+    fig.savefig(png)
 
 
 def plot_pareto(points: Sequence[dict[str, Any]], png: Path, csv_path: Path, title: str | None = None) -> dict[str, Path]:
@@ -174,14 +180,8 @@ def plot_pareto(points: Sequence[dict[str, Any]], png: Path, csv_path: Path, tit
         if front:
             ax.plot([p["compressed_size_bytes"] / 1e6 for p in front], [p["accuracy"] for p in front],
                     marker="o", drawstyle="steps-post", color=sc.get_facecolor()[0][:3], label=f"{study}: Pareto front")
-    ax.set_xlabel("compressed size (MB, quantised + sparse)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(title or "Accuracy vs compressed size")
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(png)
+    _finish(fig, ax, png, "compressed size (MB, quantised + sparse)", "validation accuracy",
+            title or "Accuracy vs compressed size", legend_loc="lower right")
     return {"pareto_png": png, "pareto_csv": csv_path}
 
 
