@@ -18,7 +18,7 @@ Also printed: the machine's fp32 matmul rate (1024x1024 matmul, measured in the 
 after) and the fraction of it each recipe achieves on the model's useful matmul FLOPs (real tokens,
 forward + backward = 3x forward, attention included, padding excluded).
 
-    python benchmarks/trial_throughput.py                    # full comparison (~10 min on 2 idle cores)
+    python benchmarks/trial_throughput.py                    # full comparison (~3.5 min on 2 idle cores)
     python benchmarks/trial_throughput.py --recipes mase     # mase-lite's recipe only (README figures)
     python benchmarks/trial_throughput.py --n-train 2000 --n-test 500   # quick check
 """
