@@ -121,3 +121,18 @@ def inputs():
     from _compression_helpers import tiny_inputs
 
     return tiny_inputs()
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """Search without training: :class:`_search_helpers.FakeTraining` instead of
+    ``train_and_eval``, no data loading, and traced graphs cached per model config (copied per trial)."""
+    import search.objectives as objectives
+    import search.study as study_mod
+    from _search_helpers import FakeTraining, cached_build_graph
+
+    fake = FakeTraining()
+    monkeypatch.setattr(objectives, "build_graph", cached_build_graph)
+    monkeypatch.setattr(objectives, "train_and_eval", fake)
+    monkeypatch.setattr(study_mod, "load_data", lambda cfg: None)
+    return fake

@@ -12,7 +12,6 @@ from optuna.trial import TrialState
 from mase_lite.cli import main
 from mase_lite.graph import MaseGraph
 from search.space import describe_graph
-from test_search_study import fake_training  # noqa: F401  (fixture)
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

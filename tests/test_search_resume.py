@@ -18,7 +18,6 @@ import pytest
 from optuna.trial import TrialState
 
 from mase_lite.cli import main
-from test_search_study import fake_training  # noqa: F401  (fixture)
 
 TESTS = Path(__file__).resolve().parent
 
@@ -26,7 +25,7 @@ TESTS = Path(__file__).resolve().parent
 WORKER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {tests!r})
-    import test_search_study as helpers
+    import _search_helpers as helpers
     import search.objectives as objectives
     import search.study as study
 
