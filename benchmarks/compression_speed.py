@@ -7,7 +7,9 @@ and activations, per token). Both graphs run on the same batch (32 x 128 by defa
 thread count, in alternating repeats, and the ratios compressed / float32 of the median times are
 printed. The script also checks that the compressed graph's logits equal those of the
 straightforward formulation (``ops.compressed_linear_reference``: the quantiser formula and a
-stable sort per token), and can time that formulation's forward pass (``--reference``).
+stable sort per token), and can time that formulation's forward pass (``--reference``) and the
+compressed graph without the native operator, i.e. with the torch formulation of the same fused
+functions (``--torch-formulation``).
 
     python benchmarks/compression_speed.py                # 2 threads, 32 x 128, fp32
     python benchmarks/compression_speed.py --precision bf16 --repeats 20
@@ -34,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mase_lite.graph import trace  # noqa: E402
 from mase_lite.models import ModelConfig, build_model, example_inputs  # noqa: E402
 from passes import run_pipeline  # noqa: E402
-from passes.transforms import ops  # noqa: E402
+from passes.transforms import native, ops  # noqa: E402
 
 Q8 = {"name": "integer", "data_in_width": 8, "data_in_frac_width": 4, "weight_width": 8,
       "weight_frac_width": 4, "bias_width": 8, "bias_frac_width": 4}
@@ -79,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: CPU autocast")
     ap.add_argument("--reference", action="store_true", help="also time the straightforward formulation")
+    ap.add_argument("--torch-formulation", action="store_true",
+                    help="also time the compressed graph without the native operator (passes.transforms.native)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
@@ -121,6 +125,8 @@ def main(argv=None) -> int:
         opt.zero_grad(set_to_none=True)
 
     graphs = {"fp32": fp32, "compressed": comp}
+    if args.torch_formulation:
+        graphs["torch_formulation"] = comp  # the same graph, run under native.disabled()
     if args.reference:
         graphs["reference"] = reference_graph(comp)
     results: dict[str, dict[str, float]] = {}
@@ -129,20 +135,24 @@ def main(argv=None) -> int:
         times: dict[str, list[float]] = {n: [] for n in names}
         for _ in range(args.warmup):
             for n in names:
-                fn(graphs[n])
+                with native.disabled() if n == "torch_formulation" else nullcontext():
+                    fn(graphs[n])
         for _ in range(args.repeats):
             for n in names:  # alternate, so load changes hit both alike
-                times[n].append(timed(lambda: fn(graphs[n]), dev_type))
+                with native.disabled() if n == "torch_formulation" else nullcontext():
+                    times[n].append(timed(lambda: fn(graphs[n]), dev_type))
         results[what] = {n: statistics.median(v) * 1e3 for n, v in times.items()}
 
     ratios = {what: {n: r[n] / r["fp32"] for n in r if n != "fp32"} for what, r in results.items()}
-    out = {"config": vars(args), "torch": torch.__version__, "equal_to_reference": same,
+    out = {"config": vars(args), "torch": torch.__version__, "native_operator": native.available(),
+           "equal_to_reference": same,
            "ms": results, "ratio_to_fp32": ratios}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print(f"bert L{args.layers} H{args.hidden} A{args.heads} I{args.intermediate}, batch {args.batch}x{args.seq}, "
           f"{args.device}, {args.threads} threads, {args.precision}, torch {torch.__version__}, median of {args.repeats}")
+    print(f"native quantise-and-prune operator: {'used' if native.available() else 'not available (torch formulation)'}")
     print(f"compressed logits == straightforward formulation: {same}")
     for what, r in results.items():
         cells = "  ".join(f"{n} {ms:8.1f} ms" for n, ms in r.items())

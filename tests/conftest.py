@@ -3,7 +3,8 @@
 Data: the real IMDb parquet files and bert-base-uncased tokenizer from the shared mirror,
 ``$MASE_LITE_DATA`` (a relative value is taken relative to the repository root, as CI sets
 ``MASE_LITE_DATA=../shared/data``), default ``<repo>/../shared/data``. Tests never use the network
-(``HF_HUB_OFFLINE=1``) and never write to the user's cache (``MASE_LITE_CACHE`` points at a temp dir).
+(``HF_HUB_OFFLINE=1``) and never write to the user's cache (``MASE_LITE_CACHE`` points at a temp dir,
+``TORCH_EXTENSIONS_DIR`` into ``.pytest_cache``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The native quantise-and-prune operator is built into the repository's pytest cache (once, kept
+# between local runs), not into the user's ~/.cache/torch_extensions.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".pytest_cache" / "torch_extensions"))
 
 
 def _resolve_data_dir() -> Path:

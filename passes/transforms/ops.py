@@ -16,6 +16,10 @@ Order inside :func:`compressed_linear`: the input is quantised, then activation-
 computed on the quantised values the matmul consumes), the weight is ``q(w) * mask`` and the bias
 ``q(b)``; the product is optionally quantised (``data_out``). Each ``*_reference`` function spells
 the same computation out with the straightforward formulas; tests check they agree bit for bit.
+
+On the CPU the quantise-then-prune-per-token input path (float32, grids up to 16 bits, l1-norm)
+runs the native operator of :mod:`passes.transforms.native` when it is available, the torch
+formulation below otherwise (and on other devices); both give the same results.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .quantizers import (
     QSpec,
     _in_range,
@@ -96,12 +101,13 @@ def clear_scratch() -> None:
 
 
 def _act_forward(x: torch.Tensor, spec: Optional[QSpec], prune: Optional[tuple], *, keep_for_backward: bool = True,
-                 scratch_out: bool = False):
-    """(output, keep mask or None) of quantise-then-prune, without autograd.
+                 scratch_out: bool = False, clipped: bool = False):
+    """(output, gradient mask or None) of quantise-then-prune, without autograd.
 
-    The keep mask is a 0/1 integer tensor on the fast path, bool otherwise; with
-    ``keep_for_backward=False`` it may live in scratch memory. ``scratch_out``: the output lives in
-    scratch memory too (only for a caller that consumes it at once).
+    The mask is 0/1: a uint8 tensor from the native operator and on the torch fast path, bool
+    otherwise; with ``clipped`` it is also 0 where ``x * 2^f`` left the grid's range. With
+    ``keep_for_backward=False`` no mask is needed: it may be None or live in scratch memory.
+    ``scratch_out``: the output lives in scratch memory too (for a caller that consumes it at once).
     """
     if spec is None:
         keep = activation_keep_mask(x, *prune)
@@ -110,6 +116,13 @@ def _act_forward(x: torch.Tensor, spec: Optional[QSpec], prune: Optional[tuple],
         v = _scratch("xq", tuple(x.shape), x.dtype, x.device)
     else:
         v = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if prune is not None and prune[1:] == ("l1-norm", "token") and x.dim() > 0:
+        d = x.shape[-1]
+        k = num_to_prune(prune[0], d)
+        if native.supports(x, -spec.qmin + 1, k, d):
+            keep = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if keep_for_backward else None
+            native.quantize_prune_rows(x, spec, k, v, keep, clipped)
+            return v, keep
     torch.mul(x, spec.scale, out=v)
     quantize_codes_(v, spec)  # integer codes, as floats
     keep = None
@@ -136,6 +149,9 @@ def _act_forward(x: torch.Tensor, spec: Optional[QSpec], prune: Optional[tuple],
         v.mul_(1.0 / spec.scale)
     else:  # v = codes * keep / 2^f in one pass (both products exact)
         torch.addcmul(v.new_zeros(()), v, _as_float(keep, v.dtype, "keep_f"), value=1.0 / spec.scale, out=v)
+    if clipped and keep_for_backward:
+        inside = _in_range(x, spec)
+        keep = inside if keep is None else keep * inside
     return v, keep
 
 
@@ -151,10 +167,7 @@ def _as_float(keep: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor
 class _QuantPruneInput(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, spec, prune, clipped):  # type: ignore[override]
-        out, keep = _act_forward(x, spec, prune)
-        if spec is not None and clipped:
-            inside = _in_range(x, spec)
-            keep = inside if keep is None else keep * inside
+        out, keep = _act_forward(x, spec, prune, clipped=clipped)
         ctx.has_keep = keep is not None
         ctx.save_for_backward(keep)
         return out

@@ -24,7 +24,8 @@ when the input lies on a fixed-point grid (quantised activations), the per-vecto
 magnitude is found by a binary search over the ``2^(w-1) + 1`` magnitude levels, all vectors at
 once (``w`` compare-and-count passes over small-integer tensors) instead of a selection;
 otherwise ``torch.kthvalue``. Ties at the threshold (frequent on a coarse grid) are resolved by a
-running count (``cumsum``), only when some vector needs it.
+running count (``cumsum``), only when some vector needs it. (For quantised float32 inputs on the
+CPU, :mod:`passes.transforms.native` does the same per row in one fused operator.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,112 @@
+"""Native CPU operator for the input path of compressed linears: quantise, then prune per token.
+
+:func:`quantize_prune_rows` runs ``qprune.cpp`` -- per row (token): the fixed-point codes, a binary
+search for the k-th smallest magnitude, index-ordered ties, the output -- with each row in the L1
+cache for all of its passes, instead of the ~30 tensor-wide passes of the torch formulation (on
+2 cores, one thread of it takes a third to a half of the time of the torch formulation on two). It is compiled
+with :func:`torch.utils.cpp_extension.load_inline` on first use (about half a minute; cached under
+``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``, keyed by the source and this CPU)
+and gives the torch formulation's results bit for bit (tests compare them). Where it cannot be built
+(no C++ compiler or ninja) or is turned off (``MASE_LITE_NATIVE=0``, or :func:`disabled`), the
+torch formulation in :mod:`passes.transforms.ops` runs instead; a failed build is logged once.
+(One difference: NaN inputs, which only a diverged model produces. The operator ranks NaN codes
+last, as ``torch.sort`` in the reference does; the torch formulation's integer levels leave them
+unspecified.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["available", "supports", "quantize_prune_rows", "disabled", "MAX_LEVELS"]
+
+#: Largest number of magnitude levels ``2^(w-1) + 1`` handled (grids up to 16 bits).
+MAX_LEVELS = (1 << 15) + 1
+
+_SOURCE = Path(__file__).with_name("qprune.cpp")
+_STATE = threading.local()
+_LOCK = threading.Lock()
+_MODULE = None
+_FAILED = False
+
+
+def _cpu_key() -> str:
+    """The CPU's instruction-set flags (the build uses ``-march=native``), hashed."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    return flags + platform.machine()
+
+
+def _load():
+    global _MODULE, _FAILED
+    with _LOCK:
+        if _MODULE is None and not _FAILED:
+            try:
+                from torch.utils.cpp_extension import load_inline
+
+                source = _SOURCE.read_text()
+                key = hashlib.sha1((source + _cpu_key() + torch.__version__).encode()).hexdigest()[:12]
+                logger.info("building the native quantise-and-prune operator (once per machine)")
+                _MODULE = load_inline(
+                    name=f"mase_lite_qprune_{key}", cpp_sources=source, functions=["quantize_prune_rows"],
+                    extra_cflags=["-O3", "-march=native", "-fno-math-errno"], verbose=False)
+            except Exception as exc:  # no compiler, no ninja, unsupported platform...
+                _FAILED = True
+                logger.warning("native quantise-and-prune operator unavailable (%s: %s); using the torch "
+                               "formulation, which is slower", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+    return _MODULE
+
+
+def available() -> bool:
+    """Whether the native operator can be used here (built, or buildable, and not turned off)."""
+    if getattr(_STATE, "disabled", False) or os.environ.get("MASE_LITE_NATIVE", "1") == "0":
+        return False
+    return _load() is not None
+
+
+def supports(x: torch.Tensor, num_levels: int, k: int, d: int) -> bool:
+    """Whether :func:`quantize_prune_rows` covers this input (float32 on the CPU, ``0 < k < d``, a
+    grid of at most 16 bits) and the operator is :func:`available`."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and 0 < k < d < (1 << 16) and num_levels <= MAX_LEVELS
+            and available())
+
+
+def quantize_prune_rows(x: torch.Tensor, spec, k: int, out: torch.Tensor, keep: Optional[torch.Tensor] = None,
+                        clipped: bool = False) -> None:
+    """Write ``prune_k(q(x))`` into ``out`` row by row (rows: all but the last dimension).
+
+    ``spec``: a :class:`~passes.transforms.quantizers.QSpec`; ``out``: contiguous float32 of ``x``'s
+    shape; ``keep``: optional contiguous uint8 of that shape, receiving the 0/1 gradient mask (0 where
+    pruned and, with ``clipped``, where ``x * 2^f`` lies outside the grid's range).
+    Check :func:`supports` first.
+    """
+    d = x.shape[-1]
+    rows = x.numel() // d
+    xs = x.detach().reshape(rows, d).contiguous()
+    keep2 = keep.view(rows, d) if keep is not None else torch.empty(0, dtype=torch.uint8)
+    _load().quantize_prune_rows(xs, out.view(rows, d), keep2, spec.scale, float(spec.qmin), float(spec.qmax),
+                                bool(spec.floor), int(k), -spec.qmin + 1, bool(clipped))
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within this context (this thread) the torch formulation runs instead of the native operator."""
+    before = getattr(_STATE, "disabled", False)
+    _STATE.disabled = True
+    try:
+        yield
+    finally:
+        _STATE.disabled = before
