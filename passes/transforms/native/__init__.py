@@ -59,7 +59,7 @@ def _load():
 
                 source = _SOURCE.read_text()
                 key = hashlib.sha1((source + _cpu_key() + torch.__version__).encode()).hexdigest()[:12]
-                logger.info("building the native quantise-and-prune operator (once per machine)")
+                logger.info("loading the native quantise-and-prune operator (built on first use, about 30 s)")
                 _MODULE = load_inline(
                     name=f"mase_lite_qprune_{key}", cpp_sources=source, functions=["quantize_prune_rows"],
                     extra_cflags=["-O3", "-march=native", "-fno-math-errno"], verbose=False)
