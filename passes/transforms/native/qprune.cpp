@@ -13,7 +13,7 @@
 namespace {
 
 template <typename L>
-void rows_kernel(const float* xp, float* op, uint8_t* kp, int64_t r0, int64_t r1, int64_t d, float scale,
+void rows_kernel(const float* xp, float* op, uint8_t* kp, int64_t rows, int64_t d, float scale,
                  float inv_scale, float qmin, float qmax, bool floor_mode, int64_t k, int num_levels,
                  bool clipped) {
   std::vector<float> codes(d);
@@ -21,13 +21,13 @@ void rows_kernel(const float* xp, float* op, uint8_t* kp, int64_t r0, int64_t r1
   const L nan_level = static_cast<L>(num_levels);  // NaN codes rank last, as torch.sort puts them
   int nbits = 0;
   while ((1 << nbits) <= num_levels) ++nbits;  // search range [0, 2^nbits) holds every level
-  for (int64_t r = r0; r < r1; ++r) {
+  for (int64_t r = 0; r < rows; ++r) {
     const float* xr = xp + r * d;
     float* orow = op + r * d;
     float* c = codes.data();
     L* l = lv.data();
-    // 1. codes clamp(round(x * 2^f)) and their magnitudes (clamping first is equivalent: the
-    //    bounds are integers); round half to even as torch.round
+    // 1. codes clamp(round(x * 2^f)) (round half to even, as torch.round, or floor) and their
+    //    magnitudes
     if (floor_mode) {
       for (int64_t j = 0; j < d; ++j) {
         float v = std::floor(xr[j] * scale);
@@ -117,7 +117,7 @@ void quantize_prune_rows(at::Tensor x, at::Tensor out, at::Tensor keep, double s
   const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
   const int nl = static_cast<int>(num_levels);
   if (nl < 255)
-    rows_kernel<uint8_t>(xp, op, kp, 0, rows, d, s, inv, lo, hi, floor_mode, k, nl, clipped);
+    rows_kernel<uint8_t>(xp, op, kp, rows, d, s, inv, lo, hi, floor_mode, k, nl, clipped);
   else
-    rows_kernel<uint16_t>(xp, op, kp, 0, rows, d, s, inv, lo, hi, floor_mode, k, nl, clipped);
+    rows_kernel<uint16_t>(xp, op, kp, rows, d, s, inv, lo, hi, floor_mode, k, nl, clipped);
 }
