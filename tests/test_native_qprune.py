@@ -21,8 +21,8 @@ requires_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
-    """The float32 bit patterns (so -0.0 != 0.0 and NaNs compare)."""
-    return t.contiguous().view(torch.int32)
+    """The bit patterns of a float32 or bfloat16 tensor (so -0.0 != 0.0 and NaNs compare)."""
+    return t.contiguous().view(torch.int32 if t.element_size() == 4 else torch.int16)
 
 
 def same(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -88,6 +88,34 @@ def test_native_equals_torch_formulation_bit_for_bit(rows, d, s, grid, floor, st
         x[rows // 2, 0] = float("nan")
         out = quantize_prune_input(x, spec, prune)
         assert torch.equal(bits(out), bits(quantize_prune_input_reference(x, spec, prune)))
+
+
+@requires_compiler
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 20), st.integers(2, 100), st.floats(0.01, 0.99), st.sampled_from([(2, 0), (4, 2), (8, 4), (8, 7)]),
+       st.booleans(), st.sampled_from(["plain", "clipped"]), st.floats(0.01, 20), st.integers(0, 9))
+def test_bfloat16_inputs_as_autocast_gives_them(rows, d, s, grid, floor, ste, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, d, generator=g) * scale).to(torch.bfloat16)
+    x[0, : d // 2] = 0.0
+    spec, prune = (*grid, floor), (s, "l1-norm", "token")
+    if not 0 < round(s * d) < d:
+        return
+    (out_n, grad_n), (out_t, grad_t) = both_paths(x, spec, prune, ste)
+    assert out_n.dtype == torch.bfloat16 and grad_n.dtype == torch.bfloat16
+    same(out_n, out_t)
+    same(grad_n, grad_t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the autocast path of a compressed linear
+        w = torch.randn(8, d, generator=g)
+        y = ops.compressed_linear(x, w, data_in=spec, weight_q=(8, 4, False), act_prune=prune)
+        with native.disabled():
+            same(y, ops.compressed_linear(x, w, data_in=spec, weight_q=(8, 4, False), act_prune=prune))
+
+
+def test_bfloat16_wider_grids_use_the_torch_formulation():
+    x = torch.randn(4, 64).to(torch.bfloat16)
+    assert not native.supports(x, (1 << 8) + 1, 32, 64)  # 9 bits: qmax 255 still exact, but not covered
+    assert not native.supports(x.half(), 129, 32, 64)
 
 
 @requires_compiler

@@ -17,8 +17,8 @@ computed on the quantised values the matmul consumes), the weight is ``q(w) * ma
 ``q(b)``; the product is optionally quantised (``data_out``). Each ``*_reference`` function spells
 the same computation out with the straightforward formulas; tests check they agree bit for bit.
 
-On the CPU the quantise-then-prune-per-token input path (float32, grids up to 16 bits, l1-norm)
-runs the native operator of :mod:`passes.transforms.native` when it is available, the torch
+On the CPU the quantise-then-prune-per-token input path (l1-norm; float32 with grids up to 16 bits,
+bfloat16 up to 8) runs the native operator of :mod:`passes.transforms.native` when it is available, the torch
 formulation below otherwise (and on other devices); both give the same results.
 """
 

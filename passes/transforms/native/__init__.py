@@ -78,27 +78,38 @@ def available() -> bool:
 
 
 def supports(x: torch.Tensor, num_levels: int, k: int, d: int) -> bool:
-    """Whether :func:`quantize_prune_rows` covers this input (float32 on the CPU, ``0 < k < d``, a
-    grid of at most 16 bits) and the operator is :func:`available`."""
-    return (x.dtype == torch.float32 and x.device.type == "cpu" and 0 < k < d < (1 << 16) and num_levels <= MAX_LEVELS
-            and available())
+    """Whether :func:`quantize_prune_rows` covers this input and the operator is :func:`available`:
+    on the CPU, ``0 < k < d``, float32 with a grid of at most 16 bits, or bfloat16 (what CPU autocast
+    gives after a matmul) with at most 8 bits, where the codes and outputs are exact in bfloat16."""
+    if x.device.type != "cpu" or not 0 < k < d < (1 << 16):
+        return False
+    if x.dtype == torch.float32:
+        ok = num_levels <= MAX_LEVELS
+    else:
+        ok = x.dtype == torch.bfloat16 and num_levels <= 129
+    return ok and available()
 
 
 def quantize_prune_rows(x: torch.Tensor, spec, k: int, out: torch.Tensor, keep: Optional[torch.Tensor] = None,
                         clipped: bool = False) -> None:
     """Write ``prune_k(q(x))`` into ``out`` row by row (rows: all but the last dimension).
 
-    ``spec``: a :class:`~passes.transforms.quantizers.QSpec`; ``out``: contiguous float32 of ``x``'s
-    shape; ``keep``: optional contiguous uint8 of that shape, receiving the 0/1 gradient mask (0 where
-    pruned and, with ``clipped``, where ``x * 2^f`` lies outside the grid's range).
+    ``spec``: a :class:`~passes.transforms.quantizers.QSpec`; ``out``: contiguous, of ``x``'s shape
+    and dtype; ``keep``: optional contiguous uint8 of that shape, receiving the 0/1 gradient mask (0
+    where pruned and, with ``clipped``, where ``x * 2^f`` lies outside the grid's range). A bfloat16
+    ``x`` is computed in float32 (exactly: its codes and outputs are bfloat16 numbers).
     Check :func:`supports` first.
     """
     d = x.shape[-1]
     rows = x.numel() // d
-    xs = x.detach().reshape(rows, d).contiguous()
+    xs = x.detach().reshape(rows, d).to(torch.float32).contiguous()
+    o = out.view(rows, d)
+    o32 = o if o.dtype == torch.float32 else torch.empty((rows, d), dtype=torch.float32)
     keep2 = keep.view(rows, d) if keep is not None else torch.empty(0, dtype=torch.uint8)
-    _load().quantize_prune_rows(xs, out.view(rows, d), keep2, spec.scale, float(spec.qmin), float(spec.qmax),
+    _load().quantize_prune_rows(xs, o32, keep2, spec.scale, float(spec.qmin), float(spec.qmax),
                                 bool(spec.floor), int(k), -spec.qmin + 1, bool(clipped))
+    if o32 is not o:
+        o.copy_(o32)
 
 
 @contextlib.contextmanager
