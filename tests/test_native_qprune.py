@@ -3,6 +3,8 @@
 import logging
 import os
 import shutil
+import threading
+import time
 from unittest import mock
 
 import pytest
@@ -197,3 +199,26 @@ def test_a_failed_build_falls_back_to_torch_and_says_so_once(monkeypatch, caplog
     warnings = [r.getMessage() for r in caplog.records if r.name == "passes.transforms.native"]
     assert len(warnings) == 1 and "RuntimeError: Ninja is required" in warnings[0] and "torch formulation" in warnings[0]
     assert not native.available()
+
+
+@requires_compiler
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_load(monkeypatch, caplog):
+    assert native.available()  # built (or loaded) once into the session's extensions directory
+    monkeypatch.setattr(native, "_MODULE", None)
+    monkeypatch.setattr(native, "_FAILED", False)
+    names = []
+    real = native.build_directory
+    monkeypatch.setattr(native, "build_directory", lambda name: names.append(name) or real(name))
+    native._load()  # records the directory's name
+    lock = real(names[0]) / "lock"
+    lock.touch()
+    monkeypatch.setattr(native, "_MODULE", None)
+    monkeypatch.setattr(native, "STALE_LOCK_S", 60)
+    os.utime(lock, (time.time() - 58, time.time() - 58))  # not stale yet: it turns stale while the load waits
+    loader = threading.Thread(target=native._load, daemon=True)
+    with caplog.at_level(logging.WARNING):
+        loader.start()
+        loader.join(timeout=300)
+    assert not loader.is_alive(), "the load waited on the stale lock"
+    assert native._MODULE is not None and not lock.exists()
+    assert any("build lock" in r.getMessage() for r in caplog.records)

@@ -21,7 +21,9 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -33,6 +35,8 @@ __all__ = ["available", "supports", "quantize_prune_rows", "disabled", "MAX_LEVE
 
 #: Largest number of magnitude levels ``2^(w-1) + 1`` handled (grids up to 16 bits).
 MAX_LEVELS = (1 << 15) + 1
+#: A build lock older than this (seconds) is taken to be left by a killed build.
+STALE_LOCK_S = 600
 
 _SOURCE = Path(__file__).with_name("qprune.cpp")
 _STATE = threading.local()
@@ -50,6 +54,34 @@ def _cpu_key() -> str:
     return flags + platform.machine()
 
 
+def build_directory(name: str) -> Path:
+    """Where the operator is built: ``$TORCH_EXTENSIONS_DIR/<name>``, default under
+    ``~/.cache/torch_extensions`` (the name carries the source, CPU, torch and Python versions)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    path = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _watch_lock(build_dir: Path, done: threading.Event, every_s: float = 5.0) -> None:
+    """While a load runs: remove torch's build lock once it is older than :data:`STALE_LOCK_S`. A
+    build that was killed (SIGKILL, out of memory) leaves it behind, and torch then waits for it
+    forever; a live build takes well under that time. (If the killed build left no module, the load
+    then fails and the torch formulation is used; the next process builds afresh.)"""
+    lock = build_dir / "lock"
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            age = 0.0
+        if age > STALE_LOCK_S:
+            logger.warning("removing %s, a build lock %.0f s old (left by a killed build)", lock, age)
+            lock.unlink(missing_ok=True)
+        if done.wait(every_s):
+            return
+
+
 def _load():
     global _MODULE, _FAILED
     with _LOCK:
@@ -58,11 +90,20 @@ def _load():
                 from torch.utils.cpp_extension import load_inline
 
                 source = _SOURCE.read_text()
-                key = hashlib.sha1((source + _cpu_key() + torch.__version__).encode()).hexdigest()[:12]
+                key = hashlib.sha1((source + _cpu_key() + torch.__version__ + sys.version).encode()).hexdigest()[:12]
+                name = f"mase_lite_qprune_{key}"
+                build_dir = build_directory(name)
                 logger.info("loading the native quantise-and-prune operator (built on first use, about 30 s)")
-                _MODULE = load_inline(
-                    name=f"mase_lite_qprune_{key}", cpp_sources=source, functions=["quantize_prune_rows"],
-                    extra_cflags=["-O3", "-march=native", "-fno-math-errno"], verbose=False)
+                done = threading.Event()
+                watchdog = threading.Thread(target=_watch_lock, args=(build_dir, done), daemon=True)
+                watchdog.start()
+                try:
+                    _MODULE = load_inline(
+                        name=name, cpp_sources=source, functions=["quantize_prune_rows"],
+                        build_directory=str(build_dir), extra_cflags=["-O3", "-march=native", "-fno-math-errno"],
+                        verbose=False)
+                finally:
+                    done.set()
             except Exception as exc:  # no compiler, no ninja, unsupported platform...
                 _FAILED = True
                 logger.warning("native quantise-and-prune operator unavailable (%s: %s); using the torch "
