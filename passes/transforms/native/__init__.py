@@ -2,11 +2,12 @@
 
 :func:`quantize_prune_rows` runs ``qprune.cpp`` -- per row (token): the fixed-point codes, a binary
 search for the k-th smallest magnitude, index-ordered ties, the output -- with each row in the L1
-cache for all of its passes, instead of the ~30 tensor-wide passes of the torch formulation (on
-2 cores, one thread of it takes a third to a half of the time of the torch formulation on two). It is compiled
-with :func:`torch.utils.cpp_extension.load_inline` on first use (about half a minute; cached under
-``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``, keyed by the source and this CPU)
-and gives the torch formulation's results bit for bit (tests compare them). Where it cannot be built
+cache for all of its passes, instead of the ~30 tensor-wide passes of the torch formulation; on one
+thread it takes less time than the torch formulation on two (``benchmarks/compression_speed.py
+--torch-formulation`` compares whole graphs). It is compiled with
+:func:`torch.utils.cpp_extension.load_inline` on first use (about half a minute; cached in
+:func:`build_directory`, keyed by the source, the CPU, torch and Python) and gives the torch
+formulation's results bit for bit (tests compare them). Where it cannot be built
 (no C++ compiler or ninja) or is turned off (``MASE_LITE_NATIVE=0``, or :func:`disabled`), the
 torch formulation in :mod:`passes.transforms.ops` runs instead; a failed build is logged once.
 (One difference: NaN inputs, which only a diverged model produces. The operator ranks NaN codes
@@ -46,7 +47,7 @@ _FAILED = False
 
 
 def _cpu_key() -> str:
-    """The CPU's instruction-set flags (the build uses ``-march=native``), hashed."""
+    """The CPU's instruction-set flags and architecture (the build uses ``-march=native``)."""
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
