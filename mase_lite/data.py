@@ -16,8 +16,10 @@ Splits
 
 Cache
     Tokenised splits are saved with ``Dataset.save_to_disk`` under ``<cache>/tokenized/<key>``, where
-    the key hashes the raw data's fingerprint, the tokenizer's full definition, ``max_length``, the
-    column names and the selected row indices. A later call with the same key (the next trial of a
+    the key hashes the raw data's fingerprint, the tokenizer's full definition and call-time settings
+    (:func:`tokenizer_fingerprint`: vocabulary, normalisation, special tokens, ``truncation_side``
+    ...), ``max_length``, ``truncation``, the column names and the selected row indices: everything
+    that changes the produced ids. A later call with the same key (the next trial of a
     study) loads it without tokenising. The cache is ``DataConfig.cache_dir``, else
     ``$MASE_LITE_CACHE``, else ``~/.cache/mase-lite``; nothing is ever written under the data dir.
 """
@@ -48,7 +50,7 @@ DEFAULT_CACHE = "~/.cache/mase-lite"
 #: Short dataset names and the hub repositories they stand for; other names are used as hub ids as-is.
 HUB_DATASETS = {"imdb": "stanfordnlp/imdb"}
 MIN_MAX_LENGTH = 8
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the tokenizer fingerprint covers truncation_side and the other ENCODING_ATTRIBUTES
 
 
 @dataclasses.dataclass
@@ -162,14 +164,28 @@ def load_tokenizer(cfg: DataConfig):
     )
 
 
+#: Tokenizer attributes read at call time (not in a fast tokenizer's JSON spec) that can change the
+#: ids :func:`load_splits` produces: which end ``truncation = "head"`` cuts (``truncation_side``),
+#: whether special-token strings in the text are split (``split_special_tokens``), and the text
+#: normalisation a slow (Python) tokenizer applies per call. ``padding_side`` is not among them:
+#: splits are stored unpadded (batches are padded later, with ``Splits.pad_id``).
+ENCODING_ATTRIBUTES = ("truncation_side", "split_special_tokens", "add_prefix_space", "do_lower_case",
+                       "strip_accents", "tokenize_chinese_chars", "add_bos_token", "add_eos_token")
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of everything that decides how ``tokenizer`` maps text to ids."""
+    """A hash of everything that decides how ``tokenizer`` maps text to ids: its class, its
+    definition (a fast tokenizer's JSON spec -- vocabulary, normaliser such as lower-casing,
+    pre-tokeniser, model, added and special tokens, post-processor -- or a slow one's vocabulary and
+    init arguments) and the call-time :data:`ENCODING_ATTRIBUTES`."""
     h = hashlib.sha256(type(tokenizer).__name__.encode())
+    attrs = {name: getattr(tokenizer, name, None) for name in ENCODING_ATTRIBUTES}
+    h.update(json.dumps(attrs, sort_keys=True, default=str).encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:  # a fast tokenizer: its JSON spec defines the whole text -> ids mapping
         spec = json.loads(backend.to_str())
-        # truncation/padding are call-time state (set by every ``tokenizer(..., truncation=True)``), not
-        # part of the tokenizer's identity; max_length is in the cache key on its own
+        # truncation/padding are call-time state (set by every ``tokenizer(..., truncation=True)`` from
+        # max_length, in the cache key on its own, and truncation_side, in ``attrs``)
         spec.pop("truncation", None)
         spec.pop("padding", None)
         h.update(json.dumps(spec, sort_keys=True).encode())

@@ -130,19 +130,42 @@ class MaseGraph(nn.Module):
         graph.train(model.training)
         return graph
 
-    def copy(self) -> "MaseGraph":
-        """An independent deep copy (parameters included); the base program is shared."""
+    def copy(self, share_tensors: bool = False) -> "MaseGraph":
+        """An independent deep copy; the base program is shared.
+
+        ``share_tensors=True``: the graph, modules and metadata are copied, but the parameters and
+        buffers are the same tensor objects as this graph's (what a transform pass works on, so an
+        optimizer built on this graph stays valid for the result).
+        """
         new = MaseGraph.__new__(MaseGraph)
         nn.Module.__init__(new)
+        memo: dict[int, Any] = {}
+        if share_tensors:
+            for t in (*self.gm.parameters(), *self.gm.buffers()):
+                memo[id(t)] = t
         with warnings.catch_warnings():  # torch's pytree spec deprecation noise on deepcopy
             warnings.simplefilter("ignore", FutureWarning)
-            new.gm = copy.deepcopy(self.gm)
+            new.gm = copy.deepcopy(self.gm, memo)
         new.input_names = list(self.input_names)
         new.model_info = copy.deepcopy(self.model_info)
         new.history = copy.deepcopy(self.history)
         new.__dict__["_base"] = self._base
         new.train(self.training)
         return new
+
+    def write_tensor(self, tensor: torch.Tensor, value: torch.Tensor) -> None:
+        """Set the values of one of this graph's tensors in place (the object stays the same).
+
+        Inside a pass run by the pass runner the write is staged and applied only when the pass
+        succeeds (the pass works on a copy that shares its tensors with the original graph, so a
+        direct in-place edit could not be rolled back); elsewhere it is applied at once.
+        """
+        staged = self.__dict__.get("_staged_writes")
+        if staged is None:
+            with torch.no_grad():
+                tensor.copy_(value)
+        else:
+            staged.append((tensor, value.detach().clone()))
 
     def adopt(self, other: "MaseGraph") -> None:
         """Take over ``other``'s graph, state and history in place (used to commit a pass's result)."""

@@ -49,10 +49,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
-import os
 import time
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
@@ -61,6 +59,8 @@ import torch
 
 from .config import Config, check_range
 from .errors import DataError, MaseError
+from .machine import cpu_flags, default_num_threads
+from .weight_scope import frozen_weights
 
 log = logging.getLogger(__name__)
 
@@ -152,17 +152,8 @@ Callback = Callable[[TrainState], Any]
 # --------------------------------------------------------------------------- environment
 
 
-@functools.lru_cache(maxsize=1)
 def _cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_precision(precision: str) -> str:
@@ -170,14 +161,6 @@ def resolve_precision(precision: str) -> str:
     if precision == "auto":
         return "bf16" if _cpu_has_native_bf16() else "fp32"
     return precision
-
-
-def default_num_threads() -> int:
-    """The number of CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
@@ -370,7 +353,8 @@ def evaluate(
     batches = make_batches(data.lengths, batch_size, shuffle=False)
     try:
         model.eval()
-        with torch_threads(num_threads), torch.inference_mode():
+        # weights cannot change during an evaluation, so derived weights may be cached for its length
+        with torch_threads(num_threads), torch.inference_mode(), frozen_weights():
             for rows in tqdm(batches, desc="eval", leave=False, disable=not progress):
                 batch = data.collate(rows, pad_id)
                 with _autocast(prec):

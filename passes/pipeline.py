@@ -25,6 +25,8 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import torch
+
 from mase_lite.config import Config, load_toml
 from mase_lite.errors import ConfigError, MaseError, PassError
 from mase_lite.graph import MaseGraph
@@ -39,9 +41,20 @@ PipelineSpec = list[tuple[str, Any]]
 def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | None = None) -> tuple[MaseGraph, dict[str, Any]]:
     """Run pass ``name`` on ``graph`` and return ``(graph, info)``.
 
-    The config (a dict or the pass's config object) is validated first; the pass runs on a copy of
-    the graph, which ``graph`` adopts only if the pass succeeds, so on any error ``graph`` is exactly
-    as it was. The caller's config is never modified.
+    What the runner does for every pass (passes do not):
+
+    * validates the config first and never modifies the caller's config;
+    * **analysis** passes run on ``graph`` itself, with no copy; if one fails, the node metadata it
+      may have written is restored. One that changes the graph's code is a PassError (register it
+      as a transform);
+    * **transform** passes run on a structural copy that *shares* the parameter and buffer objects
+      (:meth:`MaseGraph.copy` with ``share_tensors=True``); ``graph`` adopts the copy only if the
+      pass succeeds, so on any error ``graph`` is exactly as it was, and tensors the pass leaves
+      alone stay the same objects, so an optimizer built before the pass keeps training the graph.
+      A pass therefore never edits an existing tensor in place: it registers a new one, or calls
+      ``graph.write_tensor``, which the runner applies on success; the runner checks tensor
+      version counters and reports a pass that edits in place as a PassError;
+    * records transform passes in ``graph.history`` (for replay by ``MaseGraph.load``).
     """
     spec = get_pass(name)
     if isinstance(config, spec.config_cls):
@@ -50,18 +63,64 @@ def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | N
         cfg = spec.config_cls.from_dict(copy.deepcopy(dict(config or {})), path=name)
     else:
         raise ConfigError(f"config of pass {name!r} must be a dict or {spec.config_cls.__name__}, got {type(config).__name__}")
-    work = graph.copy()
+    if spec.kind == "analysis":
+        return _run_analysis(graph, name, spec.fn, cfg)
+    versions = _tensor_versions(graph)
+    work = graph.copy(share_tensors=True)
+    staged: list[tuple[Any, Any]] = []
+    work.__dict__["_staged_writes"] = staged
     try:
-        result, info = spec.fn(work, cfg)
+        result, info = _call(name, spec.fn, work, cfg)
+    finally:
+        work.__dict__.pop("_staged_writes", None)
+    touched = [k for k, (t, v) in versions.items() if t._version != v]
+    if touched:
+        raise PassError(f"pass {name!r} modified the tensor {touched[0]!r} in place; a pass must use "
+                        f"graph.write_tensor() or register a new tensor (the graph shares its tensors with "
+                        f"the pass's working copy, so an in-place edit could not be rolled back)")
+    with torch.no_grad():
+        for tensor, value in staged:
+            tensor.copy_(value)
+    result.history.append((name, cfg.to_dict()))
+    graph.adopt(result)
+    log.info("pass %s done", name)
+    return graph, info
+
+
+def _call(name: str, fn, graph: MaseGraph, cfg: Config) -> tuple[MaseGraph, dict[str, Any]]:
+    try:
+        return fn(graph, cfg)
     except MaseError:
         raise
     except Exception as exc:
         raise PassError(f"pass {name!r} failed: {type(exc).__name__}: {exc}") from exc
-    if spec.kind == "transform":
-        result.history.append((name, cfg.to_dict()))
-    graph.adopt(result)
+
+
+def _run_analysis(graph: MaseGraph, name: str, fn, cfg: Config) -> tuple[MaseGraph, dict[str, Any]]:
+    code = graph.gm.code
+    saved = [(n, n.meta.get("mase"), copy.deepcopy(getattr(n.meta.get("mase"), "annotations", None)))
+             for n in graph.nodes]
+    try:
+        result, info = _call(name, fn, graph, cfg)
+        if result is not graph or graph.gm.code != code:
+            raise PassError(f"analysis pass {name!r} changed the graph; register it with kind='transform'")
+    except BaseException:
+        for node, meta, annotations in saved:
+            node.meta["mase"] = meta
+            if annotations is not None:
+                meta.annotations = annotations
+        raise
     log.info("pass %s done", name)
     return graph, info
+
+
+def _tensor_versions(graph: MaseGraph) -> dict[str, tuple[Any, int]]:
+    """name -> (tensor, version counter) of every parameter and buffer (inference tensors have none)."""
+    out = {}
+    for key, t in (*graph.gm.named_parameters(), *graph.gm.named_buffers()):
+        if not t.is_inference():
+            out[key] = (t, t._version)
+    return out
 
 
 def parse_pipeline(data: Mapping[str, Any] | Iterable[Any]) -> PipelineSpec:
@@ -109,7 +168,7 @@ def run_pipeline(graph: MaseGraph, pipeline: Mapping[str, Any] | Iterable[Any] |
     if isinstance(pipeline, (str, Path)):
         pipeline = load_toml(pipeline)
     steps = parse_pipeline(pipeline)
-    work = graph.copy()
+    work = graph.copy(share_tensors=True)
     infos: dict[str, Any] = {}
     for name, cfg in steps:
         _, info = run_pass(work, name, cfg)

@@ -19,7 +19,7 @@ from mase_lite.config import Config, check_choice, check_range, load_toml
 from mase_lite.data import DataConfig
 from mase_lite.errors import ConfigError, MaseError
 from mase_lite.models import ModelConfig
-from mase_lite.training import TrainConfig
+from mase_lite.training import TrainConfig, resolve_precision
 
 from .objectives import METRICS, OBJECTIVES
 from .samplers import SamplerOptions, parse_sampler
@@ -52,7 +52,7 @@ DEFAULT_COMPRESSION: dict[str, Any] = {
 
 #: Training fields that do not change results (left out of the fingerprint).
 _NEUTRAL_TRAIN_FIELDS = ("progress", "num_threads", "log_every")
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: resolved precision; fine-tune seed derived from the study seed
 
 
 class SearchError(MaseError):
@@ -149,6 +149,15 @@ class RunConfig(Config):
 
     def validate(self, path: str = "") -> None:
         self.finetune_config()
+        if self.finetune and "compress_finetune" not in self.search.variants:
+            key = next(iter(self.finetune))
+            raise ConfigError(
+                f"finetune.{key} cannot apply: no variant fine-tunes (search.variants = {self.search.variants}); "
+                f"add 'compress_finetune' to search.variants or remove the [finetune] table"
+            )
+        if self.data.n_val < 1:  # refused here, before any trial trains an epoch it cannot evaluate
+            raise ConfigError(f"data.n_val = {self.data.n_val}: search selects on the validation split; "
+                              "set data.n_val >= 1")
         if self.data.max_length > self.model.max_position_embeddings:
             raise ConfigError(
                 f"data.max_length = {self.data.max_length} exceeds model.max_position_embeddings = "
@@ -163,9 +172,17 @@ class RunConfig(Config):
 
             parse_pipeline(self.compression)
 
-    def finetune_config(self) -> TrainConfig:
-        """``[train]`` with ``[finetune]``'s fields on top (one epoch unless it says otherwise)."""
-        return TrainConfig.from_dict({**self.train.to_dict(), "epochs": 1, **self.finetune}, path="finetune")
+    def finetune_config(self, seed: int | None = None) -> TrainConfig:
+        """``[train]`` with ``[finetune]``'s fields on top (one epoch unless it says otherwise).
+
+        Its seed (batch order) is ``[finetune] seed`` when given, else :func:`derived_seed` of the
+        study's ``seed`` (default ``[train] seed``) and ``"finetune"``, so the fine-tune epoch never
+        replays the training epoch's batch order.
+        """
+        cfg = TrainConfig.from_dict({**self.train.to_dict(), "epochs": 1, **self.finetune}, path="finetune")
+        if "seed" not in self.finetune:
+            cfg = cfg.replace(seed=derived_seed(self.train.seed if seed is None else seed, "finetune"))
+        return cfg
 
 
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -232,7 +249,7 @@ def plan_studies(cfg: RunConfig) -> list[StudySpec]:
 def study_fingerprint(cfg: RunConfig, spec: StudySpec) -> dict[str, Any]:
     """Everything that gives a study's trials their meaning (n_trials and storage excluded)."""
     space = SearchSpace.from_config(cfg.space, cfg.model, with_nodes=spec.nodes)
-    train = {k: v for k, v in cfg.train.to_dict().items() if k not in _NEUTRAL_TRAIN_FIELDS}
+    train = _recipe_fingerprint(cfg.train)
     d: dict[str, Any] = {  # in the order differences are reported
         "version": FINGERPRINT_VERSION,
         "space": space.to_dict(),
@@ -247,8 +264,21 @@ def study_fingerprint(cfg: RunConfig, spec: StudySpec) -> dict[str, Any]:
     if spec.variant != "baseline" or "compressed_size" in spec.objectives:
         d["compression"] = cfg.compression
     if spec.variant == "compress_finetune":
-        d["finetune"] = {k: v for k, v in cfg.finetune_config().to_dict().items() if k not in _NEUTRAL_TRAIN_FIELDS}
+        d["finetune"] = _recipe_fingerprint(cfg.finetune_config(spec.seed))
     return d
+
+
+def _recipe_fingerprint(train: TrainConfig) -> dict[str, Any]:
+    """The training fields that change results, with the precision as this host resolves it
+    (``auto`` means fp32 on one CPU and bf16 on another, which score differently)."""
+    d = {k: v for k, v in train.to_dict().items() if k not in _NEUTRAL_TRAIN_FIELDS}
+    d["precision"] = resolve_precision(train.precision)
+    return d
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """A seed for ``purpose`` derived from ``seed``: the first 4 bytes of sha256(f"{seed}:{purpose}")."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "big")
 
 
 def digest(d: dict[str, Any]) -> str:

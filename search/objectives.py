@@ -39,7 +39,8 @@ import optuna
 from mase_lite.errors import MaseError
 from mase_lite.graph import MaseGraph, trace
 from mase_lite.models import ModelConfig, build_model, example_inputs
-from mase_lite.training import TrainConfig
+from mase_lite.machine import machine_info
+from mase_lite.training import TrainConfig, resolve_precision
 
 from .space import InvalidArchitecture, SearchSpace, describe_graph
 
@@ -194,6 +195,8 @@ class BaseObjective(abc.ABC):
     """One trial: sample, build, train, then :meth:`run_variant`; returns the study's objective values."""
 
     variant: ClassVar[str]
+    #: Whether the variant trains a second time with ``ctx.finetune`` (its dropout setting then counts).
+    finetunes: ClassVar[bool] = False
 
     def __init__(self, ctx: ObjectiveContext):
         self.ctx = ctx
@@ -201,6 +204,8 @@ class BaseObjective(abc.ABC):
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         rec = TrialRecord(trial)
         rec.set("worker", worker_id())
+        train = self.ctx.train
+        rec.set("machine", machine_info(resolve_precision(train.precision), train.num_threads))
         rec.flush()  # first: it tells a later run whether this trial's process is gone
         t_start = time.perf_counter()
         try:
@@ -247,7 +252,7 @@ class BaseObjective(abc.ABC):
         space = self.ctx.space
         with rec.phase("build"):
             config = space.model.suggest(trial)
-            config = config.replace(seed=self.ctx.seed, **_dropout_fields(self.ctx.train))
+            config = config.replace(seed=self.ctx.seed, **_dropout_fields(self.ctx.train, self.finetunes and self.ctx.finetune))
             arch = {name: getattr(config, name) for name in space.model.choices}
             rec.set("arch", arch)
             graph = build_graph(config)
@@ -317,6 +322,7 @@ class CompressFinetuneObjective(CompressObjective):
     """Train, compress, fine-tune one more epoch, evaluate (the accuracy before fine-tuning is kept)."""
 
     variant = "compress_finetune"
+    finetunes = True
 
     def run_variant(self, graph: MaseGraph, rec: TrialRecord) -> MaseGraph:
         graph = super().run_variant(graph, rec)
@@ -333,9 +339,13 @@ OBJECTIVES: dict[str, type[BaseObjective]] = {
 # --------------------------------------------------------------------------- helpers
 
 
-def _dropout_fields(train: TrainConfig) -> dict[str, float]:
-    """Zero dropout in the model when the recipe trains without it (the graph bakes dropout in)."""
-    if train.dropout:
+def _dropout_fields(train: TrainConfig, finetune: TrainConfig | None | bool = None) -> dict[str, float]:
+    """Zero dropout in the model when no training phase uses it (the graph bakes dropout rates in).
+
+    When one phase uses dropout the model keeps its rates; a phase without dropout switches the
+    graph's dropout sites off (:func:`mase_lite.training.train`), so it computes as with rate 0.
+    """
+    if train.dropout or (isinstance(finetune, TrainConfig) and finetune.dropout):
         return {}
     return {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 

@@ -194,3 +194,18 @@ def _best_accuracy(study: optuna.Study) -> float | None:
     accs = [t.user_attrs.get("accuracy") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     accs = [a for a in accs if a is not None]
     return max(accs) if accs else None
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's best trials, earliest first: every complete trial whose value ties the best value
+    (one objective; Optuna picks an arbitrary one of tied trials, and storages order them
+    differently), or the Pareto front (several objectives)."""
+    if len(study.directions) > 1:
+        return sorted(study.best_trials, key=lambda t: t.number)
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if not done:
+        return []
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    best = pick(t.values[0] for t in done)
+    return sorted((t for t in done if t.values[0] == best), key=lambda t: t.number)
+

@@ -38,7 +38,7 @@ from .objectives import OBJECTIVES, ObjectiveContext
 from .samplers import make_sampler
 from .space import SearchSpace
 from .config import RunConfig, SearchError, StudySpec, digest, first_difference, plan_studies, study_fingerprint
-from .storage import Budget, default_storage_url, n_counted, open_storage, recover_interrupted, redact, study_names
+from .storage import Budget, best_trials, default_storage_url, n_counted, open_storage, recover_interrupted, redact, study_names
 from .summary import format_summary, summarize, write_trials_csv
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def run_study(cfg: RunConfig, spec: StudySpec, storage: optuna.storages.BaseStor
             keep_best_graphs(study)
         return study, None
     ctx = ObjectiveContext(
-        space=space, splits=get_splits(), train=cfg.train.replace(seed=spec.seed), finetune=cfg.finetune_config().replace(seed=spec.seed),
+        space=space, splits=get_splits(), train=cfg.train.replace(seed=spec.seed), finetune=cfg.finetune_config(spec.seed),
         compression=cfg.compression, objectives=spec.objectives, seed=spec.seed, graph_dir=graph_dir,
     )
     objective = OBJECTIVES[spec.variant](ctx)
@@ -165,14 +165,10 @@ def run_study(cfg: RunConfig, spec: StudySpec, storage: optuna.storages.BaseStor
 
 
 def keep_best_graphs(study: optuna.Study) -> list[str]:
-    """Delete saved graphs of finished trials that are not the best (or on the Pareto front); returns kept dirs."""
+    """Delete saved graphs of finished trials that are not best (tied for best, or on the Pareto front); returns kept dirs."""
     import shutil
 
-    try:
-        best = study.best_trials if len(study.directions) > 1 else [study.best_trial]
-    except ValueError:
-        best = []
-    keep = {t.number for t in best}
+    keep = {t.number for t in best_trials(study)}  # every tied trial: only the earliest has a graph
     kept = []
     for t in study.get_trials(deepcopy=False):
         path = t.user_attrs.get("graph_dir")

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mase_lite.errors import MaseError
 
 from .space import MODEL_PARAMS
-from .storage import interrupted_numbers
+from .storage import best_trials, interrupted_numbers
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,9 @@ def summarize(storage, study_names: Iterable[str]) -> list[dict[str, Any]]:
         counts = {s.name.lower(): sum(t.state == s for t in trials)
                   for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING)}
         counts["interrupted"] = len(interrupted_numbers(trials))
-        try:
-            best = study.best_trials if len(study.directions) > 1 else [study.best_trial]
-        except ValueError:
-            best = []
+        best = best_trials(study)
+        if len(study.directions) == 1:
+            best = best[:1]  # the earliest of tied trials: the one whose graph was saved
         best = sorted(best, key=lambda t: -(t.user_attrs.get("accuracy") or 0.0))
         out.append({
             "study": name,
@@ -146,6 +145,7 @@ def write_trials_csv(storage, study_names: Iterable[str], path: Path) -> Path:
                 "values": " ".join(map(str, t.values)) if t.values else "",
                 **{f"cost.{k}": v for k, v in cost.items()},
                 **{f"time.{k}": v for k, v in (ua.get("timings") or {}).items()},
+                **{k: (ua.get("machine") or {}).get(k) for k in ("precision", "num_threads", "cpu")},
                 "interrupted": bool(ua.get("interrupted")),
                 "reason": ua.get("fail_reason") or ua.get("prune_reason") or "",
                 "graph_dir": ua.get("graph_dir") or "",

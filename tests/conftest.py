@@ -2,7 +2,8 @@
 
 Data: the real IMDb parquet files and bert-base-uncased tokenizer from the shared mirror,
 ``$MASE_LITE_DATA`` (a relative value is taken relative to the repository root, as CI sets
-``MASE_LITE_DATA=../shared/data``), default ``<repo>/../shared/data``. Tests never use the network
+``MASE_LITE_DATA=../shared/data``), default ``<repo>/../shared/data``. Without the mirror the data
+tests skip, except in CI (``$CI`` set), where they fail. Tests never use the network
 (``HF_HUB_OFFLINE=1``) and never write to the user's cache (``MASE_LITE_CACHE`` points at a temp dir,
 ``TORCH_EXTENSIONS_DIR`` into ``.pytest_cache``).
 """
@@ -48,12 +49,26 @@ def _isolated_cache(tmp_path_factory):
         yield cache
 
 
+def in_ci() -> bool:
+    """Whether the tests run in CI: ``$CI`` is set to anything but ``""``, ``0``, ``false``, ``no``, ``off``."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def require_data_dir(path: Path) -> Path:
+    """``path`` if it holds the data mirror; else skip the test -- or, in CI (:func:`in_ci`), fail it:
+    the mirror is always there in CI, so data tests that skip there would hide a broken setup."""
+    if not (path / "imdb" / "train.parquet").is_file():
+        msg = f"data mirror not found at {path} (set MASE_LITE_DATA to the directory holding imdb/ and bert-base-uncased/)"
+        if in_ci():
+            pytest.fail(f"{msg}; in CI ($CI is set) the data tests must run, not skip", pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The shared data mirror (``imdb/``, ``bert-base-uncased/``); skips if it is absent."""
-    if not (DATA_DIR / "imdb" / "train.parquet").is_file():
-        pytest.skip(f"data mirror not found at {DATA_DIR} (set MASE_LITE_DATA)")
-    return DATA_DIR
+    """The shared data mirror (``imdb/``, ``bert-base-uncased/``); skips if it is absent (fails in CI)."""
+    return require_data_dir(DATA_DIR)
 
 
 @pytest.fixture(scope="session")

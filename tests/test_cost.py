@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from _compression_helpers import LAB2_PRUNE, LINEAR_8_4, hand_q, linears, tiny_graph
 from mase_lite import ConfigError
@@ -55,6 +56,42 @@ def test_quantised_and_pruned_sizes_by_hand():
     assert info["pruned"] == sum(int((~g.gm.get_submodule(g.meta(n).module_path).weight_mask).sum()) for n in linears(g))
     assert info["macs_sparse"] < info["macs"]
     assert "table" in info and "embedding" in info["table"]
+
+
+def _stored_by_hand(g):
+    """The model's state as the test sees it: the floating-point state_dict entries (parameters and
+    persistent buffers); bool pruning masks and integer index buffers are not weights."""
+    sd = g.gm.state_dict()
+    floats = {k: v for k, v in sd.items() if v.is_floating_point()}
+    return floats, set(sd) - set(floats)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_counts_every_stored_tensor_frozen_or_not(compressed):
+    g = tiny_graph()
+    if compressed:
+        g, _ = run_pass(g, "quantize", LINEAR_8_4)
+        g, _ = run_pass(g, "prune", LAB2_PRUNE)
+    # a float buffer no node reads is model state too (saved with the graph)
+    g.gm.get_submodule("classifier").register_buffer("calibration", torch.ones(7))
+    _, before = run_pass(g, "cost", {})
+    floats, others = _stored_by_hand(g)
+    assert {"bert.embeddings.position_ids", "bert.embeddings.token_type_ids"} <= others  # int64: not counted
+    assert compressed == any(k.endswith("weight_mask") for k in others)  # bool masks: not counted
+    assert before["params"] == sum(v.numel() for v in floats.values())
+    assert before["size_bytes_fp32"] == sum(4 * v.numel() for v in floats.values())
+    other = next(r for r in before["nodes"] if r["node"] == "(other)")
+    assert "classifier.calibration" in other["tensors"]
+    names = [t["name"] for r in before["nodes"] for t in r["tensors"].values()]
+    assert sorted(names) == sorted(floats)  # each stored tensor in exactly one row
+    # freezing parameters changes how the model trains, not what it stores
+    for name, p in g.gm.named_parameters():
+        if "embeddings" in name or "classifier" in name:
+            p.requires_grad_(False)
+    _, frozen = run_pass(g, "cost", {})
+    for key in ("params", "size_bytes_fp32", "size_bytes_quantized", "size_bytes_compressed",
+                "size_bytes_fp32_embedding", "nonzero"):
+        assert frozen[key] == before[key], key
 
 
 def test_quantised_embeddings_count_at_their_precision():

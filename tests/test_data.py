@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -146,6 +147,31 @@ def test_head_tail_truncation(data_dir, tokenizer, tmp_path):
     assert len(list((tmp_path / "tokenized").iterdir())) == 3
 
 
+def test_truncation_side_is_part_of_the_cache_key(data_dir, tokenizer, tmp_path):
+    # truncation = "head" cuts where the tokenizer says: a left-truncating tokenizer keeps the ends
+    # of the reviews, so it must not be served the right-truncated ids of the same rows
+    cfg = DataConfig(data_dir=str(data_dir), n_train=16, n_val=0, n_test=4, max_length=20, cache_dir=str(tmp_path),
+                     truncation="head")
+    left = load_tokenizer(cfg)
+    left.truncation_side = "left"
+    # (both wrapped alike: the fingerprint includes the tokenizer's class)
+    right = load_splits(cfg, CountingTokenizer(tokenizer), ("train",)).train["input_ids"]
+    assert len(list((tmp_path / "tokenized").iterdir())) == 1
+    counting = CountingTokenizer(left)
+    got = load_splits(cfg, counting, ("train",)).train["input_ids"]
+    assert counting.calls == 1  # tokenised: not the right-truncated cache entry
+    assert len(list((tmp_path / "tokenized").iterdir())) == 2  # a different key
+    full = load_splits(cfg.replace(max_length=512), tokenizer, ("train",)).train["input_ids"]
+    cut = [i for i, ids in enumerate(full) if 20 < len(ids) < 512]
+    assert cut  # IMDb reviews are longer than 20 tokens
+    for i in cut:
+        assert right[i] == full[i][:19] + [102] and got[i] == [101] + full[i][-19:]
+        assert got[i] != right[i]
+    # and the same left-truncating tokenizer hits its own entry
+    again = CountingTokenizer(left)
+    assert load_splits(cfg, again, ("train",)).train["input_ids"] == got and again.calls == 0
+
+
 def test_zero_validation_rows(data_dir, tokenizer):
     s = load_splits(DataConfig(data_dir=str(data_dir), n_train=8, n_val=0, n_test=4, max_length=16), tokenizer)
     assert len(s.val) == 0 and len(s.train) == 8
@@ -195,6 +221,25 @@ def test_not_a_parquet_file(tmp_path, tokenizer):
 
 
 # --------------------------------------------------------------------------- missing data
+
+
+def test_data_tests_skip_without_the_mirror_but_fail_in_ci(tmp_path, monkeypatch):
+    from conftest import require_data_dir
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"data mirror not found at .*MASE_LITE_DATA"):
+        require_data_dir(tmp_path)
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        require_data_dir(tmp_path)
+    for value in ("true", "1"):
+        monkeypatch.setenv("CI", value)
+        match = rf"not found at {re.escape(str(tmp_path))} .*MASE_LITE_DATA.*must run, not skip"
+        with pytest.raises(pytest.fail.Exception, match=match):
+            require_data_dir(tmp_path)
+    (tmp_path / "imdb").mkdir()
+    (tmp_path / "imdb" / "train.parquet").touch()
+    assert require_data_dir(tmp_path) == tmp_path
 
 
 def test_empty_mirror_and_no_hub_is_one_clear_error(tmp_path, tokenizer, monkeypatch):

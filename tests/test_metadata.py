@@ -70,7 +70,7 @@ def test_report_totals(model_and_graph):
     totals = info["totals"]
     assert totals["params"] == sum(p.numel() for p in model.parameters())
     # Every trainable parameter is attributed to exactly one row.
-    assert sum(r["params"] for r in info["rows"]) <= totals["params"]
+    assert sum(r["params"] for r in info["rows"]) == totals["params"]
     linear_macs = sum(m.in_features * m.out_features * (2 * 16 if m.module_path not in ("bert.pooler.dense", "classifier") else 2)
                       for m in (graph.meta(n) for n in graph.nodes) if m.op == "linear")
     attn_macs = CFG.num_hidden_layers * 2 * 2 * 16 * 16 * (16 + 16)  # batch*heads*seq*seq*(d_q + d_v)

@@ -93,6 +93,27 @@ def test_native_equals_torch_formulation_bit_for_bit(rows, d, s, grid, floor, st
 
 
 @requires_compiler
+@pytest.mark.parametrize("w, f", [(4, 2), (8, 4), (8, 0), (16, 8)])
+def test_float32_ties_round_half_to_even(w, f):
+    # every entry an exact tie on the grid, x * 2^f = k + 0.5, for even and odd, negative and
+    # positive k: the operator's rounding (nearbyint, half to even) decides every code
+    ks = [k for k in range(-9, 9) if -(2 ** (w - 1)) <= k and k + 1 <= 2 ** (w - 1) - 1]
+    d = len(ks)
+    x = torch.tensor([[(k + 0.5) * 2.0 ** -f for k in ks], [(k + 0.5) * 2.0 ** -f for k in reversed(ks)]])
+    assert x.dtype == torch.float32
+    prune = (1.5 / d, "l1-norm", "token")  # round(1.5) = 2 entries pruned per row
+    codes = [[round(k + 0.5) for k in row] for row in (ks, ks[::-1])]  # Python round: half to even
+    want = []
+    for row in codes:
+        pruned = set(sorted(range(d), key=lambda i: (abs(row[i]), i))[:2])  # smallest |code|, lower index first
+        want.append([0.0 if i in pruned else c * 2.0 ** -f for i, c in enumerate(row)])
+    (out_n, _), (out_t, _) = both_paths(x, (w, f, False), prune)  # checks the operator ran
+    assert out_n.tolist() == want
+    assert out_t.tolist() == want
+    assert torch.equal(out_n, quantize_prune_input_reference(x, (w, f, False), prune))
+
+
+@requires_compiler
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 20), st.integers(2, 100), st.floats(0.01, 0.99), st.sampled_from([(2, 0), (4, 2), (8, 4), (8, 7)]),
        st.booleans(), st.sampled_from(["plain", "clipped"]), st.floats(0.01, 20), st.integers(0, 9))

@@ -207,3 +207,82 @@ def test_load_transformed_graph_in_a_fresh_process(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+@dataclass
+class WriteConfig(Config):
+    """Test transform: zero the classifier weight through ``graph.write_tensor`` (or in place)."""
+
+    in_place: bool = False
+    fail: bool = False
+
+
+@register_pass("_test_write", WriteConfig, kind="transform")
+def _test_write(graph: MaseGraph, config: WriteConfig):
+    w = graph.gm.get_parameter("classifier.weight")
+    if config.in_place:
+        with torch.no_grad():
+            w.zero_()
+    else:
+        graph.write_tensor(w, torch.zeros_like(w))
+    if config.fail:
+        raise RuntimeError("boom after writing")
+    return graph, {}
+
+
+def _train_steps(graph, opt, n=2):
+    x = _x()
+    labels = torch.tensor([0, 1, 1])
+    for _ in range(n):
+        graph.train()
+        graph(**x, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+Q8 = {"by": "type", "linear": {"config": {"name": "integer", "weight_width": 8, "weight_frac_width": 4,
+                                         "data_in_width": 8, "data_in_frac_width": 4}}}
+
+
+@pytest.mark.parametrize("pipeline", [
+    [("cost", {})],
+    [("report_graph", {})],
+    [("quantize", Q8)],
+    [("prune", {"weight": {"sparsity": 0.5}})],
+    [("quantize", Q8), ("prune", {"weight": {"sparsity": 0.5}})],
+])
+def test_optimizer_built_before_a_pass_still_trains_the_graph(graph, pipeline):
+    params_before = dict(graph.gm.named_parameters())
+    opt = torch.optim.AdamW(graph.parameters(), lr=1e-2, fused=True)
+    run_pipeline(graph, pipeline)
+    after = dict(graph.gm.named_parameters())
+    assert after.keys() == params_before.keys()
+    assert all(after[k] is params_before[k] for k in after), "a pass replaced a parameter object"
+    snapshot = {k: v.detach().clone() for k, v in after.items()}
+    _train_steps(graph, opt)
+    moved = [k for k, v in graph.gm.named_parameters() if not torch.equal(v, snapshot[k])]
+    assert "classifier.weight" in moved and len(moved) > len(after) // 2
+
+
+def test_analysis_pass_does_not_copy(graph):
+    gm, code = graph.gm, graph.gm.code
+    tensors = {k: v for k, v in graph.gm.state_dict(keep_vars=True).items()}
+    run_pass(graph, "cost", {})
+    assert graph.gm is gm and graph.gm.code == code
+    assert all(v is tensors[k] for k, v in graph.gm.state_dict(keep_vars=True).items())
+
+
+def test_staged_write_applies_on_success_only(graph):
+    w = graph.gm.get_parameter("classifier.weight")
+    before = w.detach().clone()
+    with pytest.raises(PassError, match="boom after writing"):
+        run_pass(graph, "_test_write", {"fail": True})
+    assert torch.equal(w, before) and graph.history == []
+    run_pass(graph, "_test_write", {})
+    assert graph.gm.get_parameter("classifier.weight") is w and not w.any()
+
+
+def test_in_place_edit_by_a_pass_is_reported(graph):
+    with pytest.raises(PassError, match=r"modified the tensor 'classifier.weight' in place; a pass must use graph.write_tensor"):
+        run_pass(graph, "_test_write", {"in_place": True})
+    assert graph.history == []

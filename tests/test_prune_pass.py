@@ -12,6 +12,7 @@ from _compression_helpers import (
     linears,
     reference_graph,
     state,
+    tiny_graph,
 )
 from mase_lite import ConfigError, MaseGraph
 from passes import run_pass
@@ -126,6 +127,94 @@ def test_random_method_and_pruning_twice(graph):
     assert sum(1 for n in g.nodes if n.op == "get_attr" and n.target.endswith("weight_mask")) == len(linears(g))
 
 
+def _random_act(seed, granularity="token", **extra):
+    return {"activation": {"sparsity": 0.5, "method": "random", "granularity": granularity, "seed": seed}, **extra}
+
+
+def _masks_and_logits(g, inputs, monkeypatch, calls=3):
+    """The keep masks the graph's random activation pruning draws, and the logits, for ``calls`` forward passes."""
+    masks = []
+    real = ops.activation_keep_mask
+
+    def spy(*args, **kwargs):
+        masks.append(real(*args, **kwargs))
+        return masks[-1]
+
+    monkeypatch.setattr(ops, "activation_keep_mask", spy)
+    g.eval()
+    with torch.no_grad():
+        logits = [g(**inputs).logits for _ in range(calls)]
+    monkeypatch.setattr(ops, "activation_keep_mask", real)
+    return masks, logits
+
+
+@pytest.mark.parametrize("granularity", ["token", "tensor"])
+def test_random_activation_pruning_is_seeded(inputs, monkeypatch, granularity):
+    def fresh(seed, quantize=False):
+        g = tiny_graph()
+        if quantize:
+            g, _ = run_pass(g, "quantize", LINEAR_8_4)
+        return run_pass(g, "prune", _random_act(seed, granularity))
+
+    g, info = fresh(7)
+    assert all(r["activation"] == {"sparsity": 0.5, "method": "random", "granularity": granularity, "seed": 7}
+               for r in info["pruned"])
+    assert [n.kwargs["act_seed"] for n in linears(g)] == [(7, i) for i in range(len(linears(g)))]  # per-node offsets
+    ref = reference_graph(g)  # copied before any call: the same stream
+    masks, logits = _masks_and_logits(g, inputs, monkeypatch)
+    masks2, logits2 = _masks_and_logits(fresh(7)[0], inputs, monkeypatch)
+    assert len(masks) == 3 * len(linears(g))
+    assert all(torch.equal(a, b) for a, b in zip(masks, masks2))  # two fresh graphs: the same masks ...
+    assert all(torch.equal(a, b) for a, b in zip(logits, logits2))  # ... and the same outputs, bit for bit
+    assert not torch.equal(logits[0], logits[1])  # consecutive batches draw new masks
+    per_call = len(linears(g))
+    assert not any(torch.equal(masks[i], masks[i + per_call]) for i in range(per_call))
+    other, _ = _masks_and_logits(fresh(8)[0], inputs, monkeypatch)
+    assert not any(torch.equal(a, b) for a, b in zip(masks, other))  # another seed: other masks
+    with torch.no_grad():  # the straightforward formulation consumes the same stream
+        assert all(torch.equal(ref.eval()(**inputs).logits, out) for out in logits)
+    for m in masks:  # achieved sparsity as configured
+        if granularity == "token":
+            assert bool(((~m).sum(-1) == num_to_prune(0.5, m.shape[-1])).all())
+    if granularity == "tensor":
+        assert abs(sum(int((~m).sum()) for m in masks) / sum(m.numel() for m in masks) - 0.5) < 0.02
+    # on a quantised graph (masks on the quantised input), and while training (masked gradients)
+    gq, _ = fresh(7, quantize=True)
+    assert all(torch.equal(a, b) for a, b in zip(_masks_and_logits(gq, inputs, monkeypatch)[1],
+                                                 _masks_and_logits(fresh(7, quantize=True)[0], inputs, monkeypatch)[1]))
+    losses = []
+    for _ in range(2):
+        gt, _ = fresh(7)
+        gt.train()
+        torch.manual_seed(0)  # dropout
+        loss = gt(**inputs, labels=torch.tensor([0, 1, 1])).loss
+        loss.backward()
+        losses.append((loss.detach(), gt.gm.get_submodule("classifier").weight.grad))
+    assert torch.equal(losses[0][0], losses[1][0]) and torch.equal(losses[0][1], losses[1][1])
+
+
+def test_random_activation_stream_survives_save_load_and_overrides(inputs, tmp_path):
+    cfg = _random_act(3, nodes={"classifier": {"activation": {"seed": 11}}})
+    g, _ = run_pass(tiny_graph(), "prune", cfg)
+    cls = next(n for n in linears(g) if g.meta(n).module_path == "classifier")
+    assert cls.kwargs["act_seed"] == (11, len(linears(g)) - 1)
+    g.eval()
+    with torch.no_grad():
+        g(**inputs)  # one call: the counts are at 1
+        g.save(tmp_path / "g")
+        loaded = MaseGraph.load(tmp_path / "g")
+        assert int(loaded.gm.get_submodule("classifier").act_prune_calls) == 1  # saved with the graph
+        # the loaded copy continues the saved graph's sequence
+        for _ in range(2):
+            assert torch.equal(loaded(**inputs).logits, g(**inputs).logits)
+    # pruning again with l1-norm drops the stream; with random again it restarts at 0
+    g2, _ = run_pass(g, "prune", {"activation": {"sparsity": 0.5}})
+    assert all("act_seed" not in n.kwargs and "act_calls" not in n.kwargs for n in linears(g2))
+    g3, _ = run_pass(tiny_graph(), "prune", _random_act(3))
+    g3, _ = run_pass(g3, "prune", _random_act(3))
+    assert int(g3.gm.get_submodule("classifier").act_prune_calls) == 0
+
+
 @pytest.mark.parametrize(
     "cfg, match",
     [
@@ -142,6 +231,8 @@ def test_random_method_and_pruning_twice(graph):
          r"prune\.nodes\.bert\.decoder = 'bert\.decoder' matches no linear node"),
         ({"by": "regex_name", "nodes": {"(": {}}}, r"prune\.nodes\.\( = '\(' is not a valid regular expression"),
         ({"nodes": {"classifier": {"weight": {"sparsity": 2}}}}, r"prune\.nodes\.classifier\.weight\.sparsity = 2\.0 is out of range"),
+        ({"activation": {"sparsity": 0.5, "method": "random", "seed": "one"}},
+         r"prune\.activation\.seed must be an integer, got 'one'"),
     ],
 )
 def test_bad_configs_leave_graph_unchanged(graph, cfg, match):

@@ -22,6 +22,7 @@ from mase_lite import ConfigError, MaseGraph, trace
 from passes import run_pass
 from passes.transforms import ops
 from passes.transforms.quantize import QuantizeConfig
+from passes.transforms.quantizers import integer_quantize_reference
 
 
 
@@ -124,6 +125,75 @@ def test_by_name_regex_default_and_other_ops(graph, inputs):
     with torch.no_grad():
         out = g(**inputs).logits
         assert torch.equal(out, reference_graph(g).eval()(**inputs).logits)
+
+
+def sdpa_by_hand(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False,
+                 data_in=None, data_out=None, ste="plain"):
+    """Quantised attention written out independently of ``ops.compressed_sdpa``: quantise query, key
+    and value, then ``softmax(q k^T * scale + mask) v`` (in float64), then quantise the output."""
+    assert dropout_p == 0.0 and not is_causal and not enable_gqa  # evaluation of a BERT encoder
+    q, k, v = (t if data_in is None else integer_quantize_reference(t, *data_in) for t in (query, key, value))
+    q, k, v = q.double(), k.double(), v.double()
+    scores = q @ k.transpose(-2, -1) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    out = (torch.softmax(scores, dim=-1) @ v).to(query.dtype)
+    return out if data_out is None else integer_quantize_reference(out, *data_out)
+
+
+SDPA_CALLS: list = []
+
+
+def recording_sdpa(*args, **kwargs):
+    """``ops.compressed_sdpa``, recording its arguments and output."""
+    out = ops.compressed_sdpa(*args, **kwargs)
+    SDPA_CALLS.append((args, kwargs, out))
+    return out
+
+
+def with_sdpa(graph, fn):
+    g = graph.copy()
+    for node in g.fx_graph.nodes:
+        if node.target is ops.compressed_sdpa:
+            node.target = fn
+    g.gm.recompile()
+    return g.eval()
+
+
+def test_quantised_attention_equals_an_independent_reference(graph, inputs):
+    def attention_call(cfg):
+        """(args, kwargs, output) of the graph's one attention call, in a forward pass of the quantised graph."""
+        g, _ = run_pass(graph.copy(), "quantize", {"by": "type", "attention": {"config": cfg}})
+        SDPA_CALLS.clear()
+        with torch.no_grad():
+            with_sdpa(g, recording_sdpa)(**inputs)
+        assert len(SDPA_CALLS) == 1
+        return SDPA_CALLS[0]
+
+    # query/key/value quantised: the fused kernel vs float64 by hand differ at rounding level only,
+    # far below what quantising query/key/value changes
+    attn = {"name": "integer", "data_in_width": 8, "data_in_frac_width": 4}
+    args, kwargs, got = attention_call(attn)
+    assert kwargs["data_in"] == (8, 4, False) and kwargs["data_out"] is None
+    assert float((got - sdpa_by_hand(*args, **kwargs)).abs().max()) < 1e-5
+    assert float((got - sdpa_by_hand(*args, **{**kwargs, "data_in": None})).abs().max()) > 1e-3
+
+    # the output quantised too
+    attn.update(data_out_width=8, data_out_frac_width=5)
+    args, kwargs, got = attention_call(attn)
+    assert kwargs["data_in"] == (8, 4, False) and kwargs["data_out"] == (8, 5, False)
+    hand = sdpa_by_hand(*args, **kwargs)
+    codes = got.double() * 2 ** 5
+    assert torch.equal(codes, codes.round()) and bool((codes.abs() <= 128).all())  # on the output grid
+    assert float((got - hand).abs().max()) <= 2.0 ** -5  # at most one grid step (a rounding flip) ...
+    assert float((got == hand).double().mean()) > 0.99  # ... and almost everywhere identical
+    assert float((got != sdpa_by_hand(*args, **{**kwargs, "data_in": None})).double().mean()) > 0.05
+
+    # and the whole graph: the same logits with attention computed by hand
+    g, _ = run_pass(graph.copy(), "quantize", {"by": "type", "attention": {"config": attn}})
+    with torch.no_grad():
+        out = g.eval()(**inputs).logits
+        assert torch.allclose(out, with_sdpa(g, sdpa_by_hand)(**inputs).logits, rtol=0, atol=1e-6)
 
 
 def test_quantisation_aware_training_and_save_load(graph, inputs, tmp_path):

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mase_lite.errors import ConfigError
+from mase_lite.weight_scope import frozen_weights, scope_cache
 from passes.transforms.quantizers import (
     check_qspec,
     clear_weight_cache,
@@ -76,13 +77,30 @@ def test_properties(values, fmt, floor):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(finite, min_size=1, max_size=20), formats)
-def test_round_half_to_even_matches_python(values, fmt):
+@given(st.lists(finite, min_size=1, max_size=20), formats, st.lists(st.integers(-600, 600), min_size=1, max_size=20))
+def test_round_half_to_even_matches_python(values, fmt, ties):
     w, f = fmt
-    out = integer_quantize(torch.tensor(values, dtype=torch.float32), w, f)
-    for v, o in zip(torch.tensor(values, dtype=torch.float32).tolist(), out.tolist()):
+    # exact ties on the grid: x * 2^f = k + 0.5 (exact in float32 for these k and f <= 24)
+    tie_values = [(k + 0.5) / 2 ** f for k in ties]
+    x = torch.tensor(values + tie_values, dtype=torch.float32)
+    assert [v * 2 ** f for v in x.tolist()[len(values):]] == [k + 0.5 for k in ties]
+    out = integer_quantize(x, w, f)
+    assert torch.equal(out, integer_quantize_reference(x, w, f))
+    for v, o in zip(x.tolist(), out.tolist()):
         code = min(max(round(v * 2 ** f), -(2 ** (w - 1))), 2 ** (w - 1) - 1)  # Python round: half to even
         assert o == code / 2 ** f
+
+
+@pytest.mark.parametrize("w, f", [(4, 2), (8, 4), (8, 0), (16, 8), (24, 24)])
+def test_exact_ties_round_half_to_even(w, f):
+    ks = [k for k in range(-9, 9) if -(2 ** (w - 1)) <= k and k + 1 <= 2 ** (w - 1) - 1]  # ties inside the range
+    x = torch.tensor([(k + 0.5) * 2.0 ** -f for k in ks], dtype=torch.float32)
+    want = [(k if k % 2 == 0 else k + 1) * 2.0 ** -f for k in ks]  # to the even neighbour of k, k + 1
+    assert want == [round((k + 0.5)) * 2.0 ** -f for k in ks]  # = Python's round
+    assert integer_quantize(x, w, f).tolist() == want
+    assert integer_quantize_reference(x, w, f).tolist() == want
+    assert want[ks.index(0)] == 0.0 and want[ks.index(1)] == 2 * 2.0 ** -f and want[ks.index(-1)] == 0.0
+    assert want[ks.index(-2)] == -2 * 2.0 ** -f  # -1.5 -> -2
 
 
 def test_ste_gradients_plain_and_clipped():
@@ -110,20 +128,29 @@ def test_bad_formats(w, f, match):
         check_qspec(w, f)
 
 
-def test_weight_cache_follows_in_place_updates():
-    clear_weight_cache()
+def test_weight_cache_lives_in_a_frozen_weights_block_only():
     w = torch.nn.Parameter(torch.tensor([[0.1, 0.3], [0.7, -0.2]]))
     mask = torch.tensor([[True, False], [True, True]])
     with torch.no_grad():
         a = quantize_weight(w, mask, (4, 2, False))
-        assert quantize_weight(w, mask, (4, 2, False)) is a  # cached
+        assert quantize_weight(w, mask, (4, 2, False)) is not a  # no block: never cached
         assert a.tolist() == [[0.0, 0.0], [0.75, -0.25]]
-        w.add_(0.5)  # optimizer-style in-place update bumps the version
-        b = quantize_weight(w, mask, (4, 2, False))
-        assert b is not a and b.tolist() == [[0.5, 0.0], [1.25, 0.25]]
-        mask[0, 1] = True
-        assert quantize_weight(w, mask, (4, 2, False)).tolist() == [[0.5, 0.75], [1.25, 0.25]]
-        assert quantize_weight(w, mask, (8, 4, False)).tolist() == [[0.625, 0.8125], [1.1875, 0.3125]]
+        with frozen_weights() as store:
+            a = quantize_weight(w, mask, (4, 2, False))
+            assert quantize_weight(w, mask, (4, 2, False)) is a  # cached within the block
+            assert len(store) == 1
+            clear_weight_cache()
+            assert not store and quantize_weight(w, mask, (4, 2, False)) is not a
+            assert quantize_weight(w, mask, (8, 4, False)).tolist() == [[0.125, 0.0], [0.6875, -0.1875]]
+        # an update the cache cannot see (no version bump, same storage), as fused optimizers make
+        w.data.add_(0.5)
+        with frozen_weights():
+            b = quantize_weight(w, mask, (4, 2, False))
+            assert b.tolist() == [[0.5, 0.0], [1.25, 0.25]]
+            mask[0, 1] = True
+            assert quantize_weight(w, mask, (4, 2, False)).tolist() == [[0.5, 0.75], [1.25, 0.25]]
+            assert quantize_weight(w, mask, (8, 4, False)).tolist() == [[0.625, 0.8125], [1.1875, 0.3125]]
+        assert scope_cache() is None
     # with autograd: not cached, gradient masked
     out = quantize_weight(w, mask.logical_not(), (4, 2, False))
     out.sum().backward()

@@ -75,6 +75,16 @@ def test_unknown_space_parameter(tmp_path, capsys):
     assert code == 2 and "unknown config key 'space.num_layers' (did you mean 'num_hidden_layers'?)" in err
 
 
+def test_no_validation_rows_is_refused_before_training(tmp_path, capsys, fake_training):  # noqa: F811
+    cfg = write(tmp_path).read_text().replace("max_length = 16", "max_length = 16\nn_val = 0")
+    (tmp_path / "x.toml").write_text(cfg)
+    code, out, err = run_cli(capsys, "--config", tmp_path / "x.toml", "--out", tmp_path / "run")
+    assert code == 2
+    assert err == "mase-lite search: error: data.n_val = 0: search selects on the validation split; set data.n_val >= 1\n"
+    assert not fake_training.calls and not (tmp_path / "run").exists()  # nothing trained, no run folder or db
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "x.toml"]
+
+
 def test_unreachable_storage_is_an_error_before_training(tmp_path, capsys, fake_training):  # noqa: F811
     code, _, err = run_cli(capsys, "--config", write(tmp_path), "--out", tmp_path / "run",
                            "--storage", "mysql+pymysql://root:pw@127.0.0.1:9/nas")
@@ -129,6 +139,10 @@ max_length = 32
 batch_size = 32
 progress = false
 num_threads = 2
+precision = "fp32"
+
+[finetune]
+lr = 0.02    # large enough that fine-tuning moves quantised weights across grid points
 """)
     code, out, err = run_cli(capsys, "--config", cfg, "--out", tmp_path / "run")
     assert code == 0, err
@@ -154,6 +168,16 @@ num_threads = 2
     identity = [k[len("node:"):] for k, v in best.params.items() if k.startswith("node:") and v == "identity"]
     assert arch["identity"] == identity and not set(identity) & set(seen["linear_paths"])
     assert [name for name, _ in graph.history][-2:] == ["quantize", "prune"]
+    # ... and it reproduces its recorded accuracy and loss, evaluated independently of the search
+    from mase_lite.data import DataConfig, load_splits, load_tokenizer
+    from mase_lite.training import evaluate
+
+    dcfg = DataConfig(data_dir=str(data_dir), cache_dir=str(tmp_path / "cache2"), n_train=192, n_val=64, n_test=8,
+                      max_length=32)
+    val = load_splits(dcfg, load_tokenizer(dcfg), splits=("val",)).val
+    ev = evaluate(graph, val, precision="fp32", num_threads=2)
+    assert (ev.accuracy, ev.loss) == (best.user_attrs["accuracy_finetuned"], best.user_attrs["loss_finetuned"])
+    assert best.user_attrs["machine"]["precision"] == "fp32" and best.user_attrs["machine"]["num_threads"] == 2
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary[0]["best"][0]["trial"] == best.number
     rows = list(csv.DictReader((tmp_path / "run" / "best_so_far.csv").open()))

@@ -253,3 +253,99 @@ def test_ctrl_c_marks_the_trial_interrupted_and_resume_reruns_it(fake_training, 
     assert len(retry) == 1 and retry[0].params == stopped.params and retry[0].state == TrialState.COMPLETE
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
     assert result.summary[0]["trials"]["interrupted"] == 1
+
+
+# --------------------------------------------------------------------------- fine-tune seed, precision, ties
+
+
+def test_finetune_seed_is_its_own_and_recorded(fake_training, tmp_path):
+    from search.config import derived_seed, study_fingerprint
+
+    cfg = tiny_config(variants=["compress_finetune"], seeds=[4], n_trials=1)
+    spec = plan_studies(cfg)[0]
+    ft = cfg.finetune_config(spec.seed)
+    assert ft.seed == derived_seed(4, "finetune") != 4
+    assert study_fingerprint(cfg, spec)["finetune"]["seed"] == ft.seed
+    cfg.finetune = {"seed": 7}
+    assert cfg.finetune_config(spec.seed).seed == 7 == study_fingerprint(cfg, spec)["finetune"]["seed"]
+    seen = []
+    monkey_ctx = objectives.ObjectiveContext.__init__
+
+    def spy(self, *a, **k):
+        monkey_ctx(self, *a, **k)
+        seen.append((self.train.seed, self.finetune.seed))
+
+    objectives.ObjectiveContext.__init__ = spy
+    try:
+        run_search(cfg, tmp_path / "run")
+    finally:
+        objectives.ObjectiveContext.__init__ = monkey_ctx
+    assert seen == [(4, 7)]
+
+
+def test_finetune_table_without_a_finetuning_variant_is_refused():
+    with pytest.raises(ConfigError, match=r"finetune.lr cannot apply: no variant fine-tunes .*add 'compress_finetune'"):
+        RunConfig.from_dict({"search": {"variants": ["compress"]}, "finetune": {"lr": 1e-4}})
+
+
+def test_finetune_dropout_is_built_into_the_model(fake_training, tmp_path):
+    built = []
+    real = objectives.build_graph
+
+    def spy(config):
+        built.append(config.hidden_dropout_prob)
+        return real(config)
+
+    objectives.build_graph = spy
+    try:
+        cfg = tiny_config(variants=["compress_finetune"], n_trials=1)
+        cfg.finetune = {"dropout": True}
+        run_search(cfg, tmp_path / "a")
+        cfg = tiny_config(variants=["compress_finetune"], n_trials=1, name="b")
+        run_search(cfg, tmp_path / "b")
+    finally:
+        objectives.build_graph = real
+    assert built[0] > 0 and built[1] == 0.0
+
+
+def test_fingerprint_and_trials_record_the_resolved_precision(fake_training, tmp_path, monkeypatch):
+    import search.config as config_mod
+
+    cfg = tiny_config(n_trials=1)
+    assert cfg.train.precision == "auto"
+    result = run_search(cfg, tmp_path / "run")
+    storage = optuna.storages.RDBStorage(result.storage_url)
+    study = optuna.load_study(study_name="t", storage=storage)
+    from mase_lite.training import resolve_precision
+
+    here = resolve_precision("auto")
+    assert study.user_attrs["fingerprint"]["config"]["train"]["precision"] == here
+    assert all(t.user_attrs["machine"]["precision"] == here for t in study.get_trials())
+    with (tmp_path / "run" / "trials.csv").open() as fh:
+        assert {r["precision"] for r in csv.DictReader(fh)} == {here}
+    # a host that resolves "auto" differently cannot add trials to this study
+    other = "fp32" if here == "bf16" else "bf16"
+    monkeypatch.setattr(config_mod, "resolve_precision", lambda p: other if p == "auto" else p)
+    with pytest.raises(SearchError, match=rf"train.precision: '{here}' in the stored study, '{other}' in this config"):
+        run_search(cfg, tmp_path / "run", resume=True)
+
+
+def test_a_trial_tying_the_best_never_loses_the_saved_graph(fake_training, tmp_path, monkeypatch):
+    from search.storage import best_trials
+
+    monkeypatch.setattr(objectives, "train_and_eval",
+                        lambda graph, splits, cfg, train=True: {"accuracy": 0.75, "loss": 0.5, "eval_s": 0.0})
+    cfg = tiny_config(samplers=["random"], n_trials=4)
+    result = run_search(cfg, tmp_path / "run")
+    trials = [t for t in trials_of(result) if t.state == TrialState.COMPLETE]
+    assert len(trials) == 4 and {t.value for t in trials} == {0.75}
+    study = optuna.load_study(study_name="t", storage=optuna.storages.RDBStorage(result.storage_url))
+    assert [t.number for t in best_trials(study)] == [t.number for t in trials]
+    first = trials[0]
+    assert (tmp_path / "run" / "t" / "graphs" / f"trial-{first.number:05d}").is_dir()
+    best = result.summary[0]["best"][0]
+    assert best["trial"] == first.number and MaseGraph.load(best["graph_dir"]) is not None
+    # whichever tied trial a storage reports as best_trial, cleanup keeps the saved graph
+    monkeypatch.setattr(optuna.Study, "best_trial", property(lambda self: trials[-1]))
+    study_mod.keep_best_graphs(study)
+    assert (tmp_path / "run" / "t" / "graphs" / f"trial-{first.number:05d}").is_dir()

@@ -13,8 +13,10 @@ from passes.transforms.ops import (
     quantize_prune_input_reference,
 )
 from passes.transforms.sparsity import (
+    activation_generator,
     activation_keep_mask,
     activation_keep_mask_reference,
+    activation_seed,
     check_sparsity,
     num_to_prune,
     quantile_linear,
@@ -140,6 +142,55 @@ def test_random_activation_pruning_counts():
     assert bool(((out == 0).sum(-1) == 16).all())
     out = quantize_prune_input(x, (8, 4, False), (0.25, "random", "token"))
     assert bool(((out == 0).sum(-1) >= 16).all())
+
+
+@pytest.mark.parametrize("spec", [None, (8, 4, False)])
+@pytest.mark.parametrize("granularity", ["token", "tensor"])
+def test_seeded_random_activation_masks(spec, granularity):
+    x = torch.randn(4, 10, 64, generator=torch.Generator().manual_seed(0)) + 5.0  # no zeros: zeros = pruned
+    prune = (0.25, "random", granularity)
+
+    def sequence(seed, offset, n=3):
+        calls = torch.zeros((), dtype=torch.int64)
+        torch.manual_seed(123)  # the global RNG must not matter
+        outs = [quantize_prune_input(x, spec, prune, act_seed=(seed, offset), act_calls=calls) for _ in range(n)]
+        torch.manual_seed(456)
+        refs = [quantize_prune_input_reference(x, spec, prune, act_seed=(seed, offset), act_calls=torch.tensor(i))
+                for i in range(n)]
+        assert int(calls) == n  # each call advanced the count
+        for out, ref in zip(outs, refs):
+            assert torch.equal(out, ref)  # the same draws, ranked by the straightforward rule
+        return [out != 0 for out in outs]
+
+    a = sequence(7, 0)
+    assert all(torch.equal(m, n) for m, n in zip(a, sequence(7, 0)))  # reproducible for a seed
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a[1], a[2])  # a new mask on every call
+    assert not torch.equal(a[0], sequence(8, 0)[0])  # another seed
+    assert not torch.equal(a[0], sequence(7, 1)[0])  # another node
+    for m in a:
+        if granularity == "token":  # exactly round(s * d) per vector
+            assert bool(((~m).sum(-1) == num_to_prune(0.25, 64)).all())
+        else:  # each entry with probability s
+            assert abs(float((~m).float().mean()) - 0.25) < 0.03
+    # without a counter, every call draws the stream's first mask
+    first = quantize_prune_input(x, spec, prune, act_seed=(7, 0))
+    assert torch.equal(first != 0, a[0]) and torch.equal(quantize_prune_input(x, spec, prune, act_seed=(7, 0)), first)
+    # and with autograd: the same mask, the gradient masked with it
+    leaf = x.clone().requires_grad_(True)
+    out = quantize_prune_input(leaf, spec, prune, act_seed=(7, 0))
+    out.sum().backward()
+    assert torch.equal(out.detach() != 0, a[0]) and torch.equal(leaf.grad, a[0].float())
+
+
+def test_activation_seed_is_documented_hash():
+    import hashlib
+
+    digest = hashlib.blake2b(b"7:3:2", digest_size=8).digest()
+    assert activation_seed(7, 3, 2) == int.from_bytes(digest, "little") & ((1 << 63) - 1)
+    assert len({activation_seed(s, o, c) for s in range(3) for o in range(3) for c in range(3)}) == 27
+    g = activation_generator(7, 3, 2)
+    same = torch.Generator().manual_seed(activation_seed(7, 3, 2))
+    assert torch.equal(torch.rand(5, generator=g), torch.rand(5, generator=same))
 
 
 def test_gradient_is_masked_straight_through():

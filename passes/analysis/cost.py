@@ -1,8 +1,8 @@
 """``cost``: parameters, MACs, weight bits, non-zero weights and model size of a (compressed) graph.
 
-Per node that reads parameters, and in total (every parameter read by the graph counted once):
+Per node that reads parameters, and in total (every stored tensor counted once):
 
-* ``params``: elements of the trainable tensors the node reads (masks are not parameters);
+* ``params``: elements of the stored tensors the node reads (see *What is counted* below);
 * ``macs``: multiply-accumulates for ``batch_size`` x ``seq_len`` inputs (linear: rows x in x out,
   attention: QK^T and PV); ``macs_sparse``: linear MACs with only the non-zero weights;
 * ``bits``: storage bits per element of each tensor -- the quantised width (``weight_width`` /
@@ -17,6 +17,19 @@ Per node that reads parameters, and in total (every parameter read by the graph 
 Embedding tables (most of a small BERT's parameters) count at their own precision (float32 unless
 quantised) and are also reported separately (``*_embedding`` keys), next to everything else
 (``*_non_embedding``). The top-level totals are plain numbers, for search objectives.
+
+What is counted: the model's state, i.e. every entry of ``graph.gm.state_dict()`` that holds numbers
+of the model -- every parameter, trainable or frozen (``requires_grad`` says how the model is
+trained, not what it stores), and every persistent floating-point buffer -- each tensor once, even
+if it has several names. A tensor no node reads (yet stored, so saved with the graph) is counted in
+the ``(other)`` row, with those read only by nodes that are not counted on their own. Not counted:
+
+* pruning masks (bool buffers ``*_mask``): a mask is derivable from the zeros of the pruned
+  weight (raw pruned weights are exactly zero), so it adds nothing to the dense sizes (a) and (b);
+  the sparse format (c) stores it, as the 1 bit per element above;
+* integer buffers, e.g. BERT's ``position_ids`` (``arange``) and ``token_type_ids`` (zeros): index
+  constants the model's code defines, not weights (and no part of a weight format);
+* non-persistent buffers (not in the state dict, not saved): derived or scratch state.
 """
 
 from __future__ import annotations
@@ -72,22 +85,33 @@ def _tensor_roles(node: fx.Node) -> dict[str, tuple[fx.Node, Any, fx.Node | None
     return roles
 
 
-def _tensor_cost(graph: MaseGraph, pnode: fx.Node, spec: Any, mask_node: fx.Node | None) -> dict[str, Any]:
-    t = get_tensor(graph, pnode).detach()
+def stored_tensors(graph: MaseGraph) -> dict[int, tuple[str, torch.Tensor]]:
+    """``id(tensor) -> (name, tensor)`` of the tensors ``cost`` counts (see the module docstring):
+    the floating-point entries of ``graph.gm.state_dict()`` (parameters and persistent buffers),
+    each tensor once under its first name."""
+    out: dict[int, tuple[str, torch.Tensor]] = {}
+    for name, t in graph.gm.state_dict(keep_vars=True).items():
+        if t.is_floating_point() or t.is_complex():
+            out.setdefault(id(t), (name, t))
+    return out
+
+
+def _tensor_cost(name: str, t: torch.Tensor, spec: Any, mask: torch.Tensor | None) -> dict[str, Any]:
+    t = t.detach()
     numel = int(t.numel())
     bits = int(spec[0]) if spec is not None else _dtype_bits(t)
     eff = t.float()
     if spec is not None:
         eff = integer_quantize_reference(eff, *spec)
     pruned = 0
-    if mask_node is not None:
-        mask = get_tensor(graph, mask_node).to(torch.bool)
+    if mask is not None:
+        mask = mask.to(torch.bool)
         eff = eff * mask
         pruned = numel - int(mask.sum())
     nonzero = int((eff != 0).sum())
     dense_q = math.ceil(numel * bits / 8)
-    compressed = math.ceil(nonzero * bits / 8) + math.ceil(numel / 8) if mask_node is not None else dense_q
-    return {"name": pnode.target, "numel": numel, "bits": bits, "nonzero": nonzero, "pruned": pruned,
+    compressed = math.ceil(nonzero * bits / 8) + math.ceil(numel / 8) if mask is not None else dense_q
+    return {"name": name, "numel": numel, "bits": bits, "nonzero": nonzero, "pruned": pruned,
             "size_bytes_fp32": numel * 4, "size_bytes_quantized": dense_q, "size_bytes_compressed": compressed}
 
 
@@ -98,8 +122,8 @@ _SUMS = ("params", "nonzero", "pruned", "size_bytes_fp32", "size_bytes_quantized
 def cost(graph: MaseGraph, config: CostConfig) -> tuple[MaseGraph, dict[str, Any]]:
     """Per-node and total parameters, MACs, weight bits, non-zeros and fp32 / quantised / sparse sizes."""
     b, s = config.batch_size, config.seq_len
-    trainable = {n for n, p in graph.gm.named_parameters() if p.requires_grad}
-    seen: set[str] = set()
+    stored = stored_tensors(graph)
+    seen: set[int] = set()  # ids of the stored tensors already counted
     rows: list[dict[str, Any]] = []
     groups = {"embedding": dict.fromkeys(_SUMS, 0), "non_embedding": dict.fromkeys(_SUMS, 0)}
     total_macs = total_macs_sparse = 0
@@ -110,10 +134,11 @@ def cost(graph: MaseGraph, config: CostConfig) -> tuple[MaseGraph, dict[str, Any
         roles = _tensor_roles(node) if node.op == "call_function" and not internal else {}
         tensors = {}
         for role, (pnode, spec, mask_node) in roles.items():
-            if pnode.target not in trainable or pnode.target in seen:
+            t = get_tensor(graph, pnode)
+            if id(t) not in stored or id(t) in seen:
                 continue
-            seen.add(pnode.target)
-            tensors[role] = _tensor_cost(graph, pnode, spec, mask_node)
+            seen.add(id(t))
+            tensors[role] = _tensor_cost(pnode.target, t, spec, get_tensor(graph, mask_node))
         macs_sparse = macs
         if is_linear(node) and "weight" in tensors and macs:
             w = tensors["weight"]
@@ -133,10 +158,10 @@ def cost(graph: MaseGraph, config: CostConfig) -> tuple[MaseGraph, dict[str, Any
         row["weight_sparsity"] = (tensors["weight"]["pruned"] / tensors["weight"]["numel"]
                                   if "weight" in tensors and tensors["weight"]["numel"] else 0.0)
         rows.append(row)
-    # trainable tensors read only by nodes not counted above
-    rest = [n for n in graph.nodes if n.op == "get_attr" and n.users and n.target in trainable and n.target not in seen]
+    # stored tensors read only by nodes not counted above, or by no node at all
+    rest = [(name, t) for tid, (name, t) in stored.items() if tid not in seen]
     if rest:
-        tensors = {n.target: _tensor_cost(graph, n, None, None) for n in dict.fromkeys(rest)}
+        tensors = {name: _tensor_cost(name, t, None, None) for name, t in rest}
         row = {"node": "(other)", "op": "other", "module": "", "macs": 0, "macs_sparse": 0, "tensors": tensors,
                "weight_bits": None, "weight_sparsity": 0.0}
         for key in _SUMS:

@@ -110,8 +110,8 @@ def replace_linear_with_identity(graph: MaseGraph, config: IdentityConfig) -> tu
     for n in [m for m in nodes if m in chosen]:
         i, o = linear_features(graph, n)
         replaced.append({"node": n.name, "module": module_path(graph, n), "features": i})
-        param_nodes += [a for a in (n.args[1], n.args[2] if len(n.args) > 2 else None, linear_mask_node(n))
-                        if isinstance(a, fx.Node)]
+        param_nodes += [a for a in (n.args[1], n.args[2] if len(n.args) > 2 else None, linear_mask_node(n),
+                                    n.kwargs.get("act_calls")) if isinstance(a, fx.Node)]
         n.replace_all_uses_with(compressed_input_node(n))
         g.erase_node(n)
     refresh_shared_inputs(graph)

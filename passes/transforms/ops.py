@@ -6,7 +6,12 @@ print, copy and re-trace the graph:
 
 * a fixed-point format is a tuple ``(width, frac_width, floor)`` (see :class:`quantizers.QSpec`),
   or ``None`` for float32;
-* activation pruning is a tuple ``(sparsity, method, granularity)``, or ``None``.
+* activation pruning is a tuple ``(sparsity, method, granularity)``, or ``None``; ``random``
+  pruning also takes ``act_seed = (seed, offset)`` (plain ints) and ``act_calls``, a 0-dim int64
+  buffer (a ``get_attr`` node) counting the node's calls: call ``n`` draws its mask from
+  :func:`sparsity.activation_generator` ``(seed, offset, n)`` and advances the count in place.
+  Without ``act_seed`` random masks come from torch's global RNG; without ``act_calls`` every call
+  draws the stream's first mask.
 
 With nothing configured each function is exactly the float op it replaces. All of them are
 differentiable: quantisers by straight-through estimation (``ste="plain"`` or ``"clipped"``, see
@@ -43,9 +48,11 @@ from .quantizers import (
 )
 from .sparsity import (
     MAX_SEARCH_LEVELS,
+    activation_generator,
     activation_keep_mask,
     activation_keep_mask_reference,
     num_to_prune,
+    random_keep_mask_reference,
     token_keep_from_levels,
 )
 
@@ -100,17 +107,33 @@ def clear_scratch() -> None:
     _SCRATCH.pool = {}
 
 
+def _act_generator(prune: Optional[tuple], act_seed, act_calls: Optional[torch.Tensor],
+                   device: torch.device) -> Optional[torch.Generator]:
+    """The generator of this call's random activation mask (None: l1-norm, or no seed), advancing
+    ``act_calls``."""
+    if prune is None or prune[1] != "random" or act_seed is None:
+        return None
+    call = 0
+    if act_calls is not None:
+        call = int(act_calls)
+        with torch.no_grad():
+            act_calls.add_(1)
+    seed, offset = act_seed
+    return activation_generator(seed, offset, call, device)
+
+
 def _act_forward(x: torch.Tensor, spec: Optional[QSpec], prune: Optional[tuple], *, keep_for_backward: bool = True,
-                 scratch_out: bool = False, clipped: bool = False):
+                 scratch_out: bool = False, clipped: bool = False, generator: Optional[torch.Generator] = None):
     """(output, gradient mask or None) of quantise-then-prune, without autograd.
 
     The mask is 0/1: a uint8 tensor from the native operator and on the torch fast path, bool
     otherwise; with ``clipped`` it is also 0 where ``x * 2^f`` left the grid's range. With
     ``keep_for_backward=False`` no mask is needed: it may be None or live in scratch memory.
     ``scratch_out``: the output lives in scratch memory too (for a caller that consumes it at once).
+    ``generator``: what a ``random`` mask is drawn from (see :func:`_act_generator`).
     """
     if spec is None:
-        keep = activation_keep_mask(x, *prune)
+        keep = activation_keep_mask(x, *prune, generator=generator)
         return x * keep, keep
     if scratch_out:
         v = _scratch("xq", tuple(x.shape), x.dtype, x.device)
@@ -144,7 +167,7 @@ def _act_forward(x: torch.Tensor, spec: Optional[QSpec], prune: Optional[tuple],
             rank_buf = _scratch("rank", rows, torch.int16 if d < (1 << 15) else torch.int32, v.device)
             keep = token_keep_from_levels(levels, num_levels, k, out, rank_buf).view(v.shape)
         else:  # masks of the codes equal masks of the values (scaling by 2^f is exact)
-            keep = activation_keep_mask(v, sparsity, method, granularity)
+            keep = activation_keep_mask(v, sparsity, method, granularity, generator=generator)
     if keep is None:
         v.mul_(1.0 / spec.scale)
     else:  # v = codes * keep / 2^f in one pass (both products exact)
@@ -166,8 +189,8 @@ def _as_float(keep: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor
 
 class _QuantPruneInput(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, spec, prune, clipped):  # type: ignore[override]
-        out, keep = _act_forward(x, spec, prune, clipped=clipped)
+    def forward(ctx, x, spec, prune, clipped, generator):  # type: ignore[override]
+        out, keep = _act_forward(x, spec, prune, clipped=clipped, generator=generator)
         ctx.has_keep = keep is not None
         ctx.save_for_backward(keep)
         return out
@@ -177,30 +200,39 @@ class _QuantPruneInput(torch.autograd.Function):
         if ctx.has_keep:
             (keep,) = ctx.saved_tensors
             grad = grad * _as_float(keep, grad.dtype, "keep_f_backward")
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
-def _input_path(x: torch.Tensor, data_in, act_prune, ste: str, scratch_out: bool) -> torch.Tensor:
+def _input_path(x: torch.Tensor, data_in, act_prune, ste: str, scratch_out: bool, act_seed=None,
+                act_calls: Optional[torch.Tensor] = None) -> torch.Tensor:
     spec = qspec(data_in)
     prune = _prune_spec(act_prune)
     if spec is None and prune is None:
         return x
+    gen = _act_generator(prune, act_seed, act_calls, x.device)
     if torch.is_grad_enabled() and x.requires_grad:
-        return _QuantPruneInput.apply(x, spec, prune, ste == "clipped")
-    return _act_forward(x, spec, prune, keep_for_backward=False, scratch_out=scratch_out)[0]
+        return _QuantPruneInput.apply(x, spec, prune, ste == "clipped", gen)
+    return _act_forward(x, spec, prune, keep_for_backward=False, scratch_out=scratch_out, generator=gen)[0]
 
 
-def quantize_prune_input(x: torch.Tensor, data_in=None, act_prune=None, ste: str = "plain") -> torch.Tensor:
-    """``prune(q(x))``: the input path of :func:`compressed_linear` (either part optional)."""
-    return _input_path(x, data_in, act_prune, ste, scratch_out=False)
+def quantize_prune_input(x: torch.Tensor, data_in=None, act_prune=None, ste: str = "plain", *, act_seed=None,
+                         act_calls: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``prune(q(x))``: the input path of :func:`compressed_linear` (either part optional;
+    ``act_seed``/``act_calls``: the seeded stream of ``random`` masks, see the module doc)."""
+    return _input_path(x, data_in, act_prune, ste, scratch_out=False, act_seed=act_seed, act_calls=act_calls)
 
 
-def quantize_prune_input_reference(x: torch.Tensor, data_in=None, act_prune=None) -> torch.Tensor:
+def quantize_prune_input_reference(x: torch.Tensor, data_in=None, act_prune=None, *, act_seed=None,
+                                   act_calls: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Straightforward formulation of :func:`quantize_prune_input` (forward only)."""
     if data_in is not None:
         x = integer_quantize_reference(x, *data_in)
     if act_prune is not None and act_prune[0] > 0:
-        x = x * activation_keep_mask_reference(x, act_prune[0], act_prune[2])
+        if act_prune[1] == "random":
+            gen = _act_generator(tuple(act_prune), act_seed, act_calls, x.device)
+            x = x * random_keep_mask_reference(x, act_prune[0], act_prune[2], gen)
+        else:
+            x = x * activation_keep_mask_reference(x, act_prune[0], act_prune[2])
     return x
 
 
@@ -214,18 +246,21 @@ def quantize_activation(x: torch.Tensor, spec=None, ste: str = "plain") -> torch
 
 def compressed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                       weight_mask: Optional[torch.Tensor] = None, *, data_in=None, weight_q=None, bias_q=None,
-                      data_out=None, act_prune=None, ste: str = "plain", prepared_input: bool = False) -> torch.Tensor:
+                      data_out=None, act_prune=None, ste: str = "plain", prepared_input: bool = False,
+                      act_seed=None, act_calls: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``q_out(linear(prune(q_in(x)), q_w(weight) * weight_mask, q_b(bias)))``.
 
     Every part is optional; with none configured this is ``F.linear(x, weight, bias)``. The
-    effective weight and bias are cached while no gradient is needed (evaluation).
+    effective weight and bias are cached inside a ``frozen_weights`` block (evaluation) when no
+    gradient is needed.
     ``prepared_input=True``: ``x`` already is ``prune(q_in(x))``, computed once by a
     :func:`quantize_prune_input` node shared by several linears reading the same tensor with the
     same settings (``data_in``/``act_prune`` then only describe the node).
     """
     # with no autograd graph being recorded, the quantised input dies right after the matmul, so it
     # may live in scratch memory (with one, the matmul saves it for the weight gradient)
-    xq = x if prepared_input else _input_path(x, data_in, act_prune, ste, scratch_out=not torch.is_grad_enabled())
+    xq = x if prepared_input else _input_path(x, data_in, act_prune, ste, scratch_out=not torch.is_grad_enabled(),
+                                              act_seed=act_seed, act_calls=act_calls)
     w = quantize_weight(weight, weight_mask, weight_q, ste=ste)
     b = bias if bias is None else quantize_weight(bias, None, bias_q, ste=ste)
     return quantize_activation(F.linear(xq, w, b), data_out, ste)
@@ -233,9 +268,9 @@ def compressed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
 
 def compressed_linear_reference(x, weight, bias=None, weight_mask=None, *, data_in=None, weight_q=None,
                                 bias_q=None, data_out=None, act_prune=None, ste: str = "plain",
-                                prepared_input: bool = False) -> torch.Tensor:
+                                prepared_input: bool = False, act_seed=None, act_calls=None) -> torch.Tensor:
     """Straightforward formulation of :func:`compressed_linear` (forward only), for tests."""
-    xq = quantize_prune_input_reference(x, data_in, act_prune)
+    xq = quantize_prune_input_reference(x, data_in, act_prune, act_seed=act_seed, act_calls=act_calls)
     w = weight if weight_q is None else integer_quantize_reference(weight, *weight_q)
     if weight_mask is not None:
         w = w * weight_mask

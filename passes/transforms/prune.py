@@ -27,7 +27,15 @@ Activations (``method``: ``l1-norm`` | ``random``; ``scope``: ``local``; ``granu
 ``tensor``): each forward pass zeroes the ``round(s * d)`` smallest-magnitude entries of every
 feature vector of the node's input (``token``, ties by index, so a sample's result does not depend
 on its batch) or MASE's ``|x| > quantile(|x|, s)`` over the whole batch tensor (``tensor``). On a
-quantised node the mask is computed on the quantised input the matmul consumes.
+quantised node the mask is computed on the quantised input the matmul consumes. ``random`` draws
+``round(s * d)`` uniformly chosen entries per vector (``token``) or each entry with probability
+``s`` (``tensor``), anew on every forward pass, from a generator seeded by ``seed`` (default 0, as
+for weights; a per-node override may set its own): call ``n`` (0, 1, ...) of the node at position
+``i`` among the graph's linear nodes draws from ``activation_generator(seed, i, n)`` (see
+:mod:`passes.transforms.sparsity`). The call count is a persistent int64 buffer
+``<module>.act_prune_calls``, saved with the graph, so batches differ from call to call, while two
+graphs built with the same seed (or a saved graph and its loaded copy) give the same sequence of
+masks. Pruning a node again (re)starts its count at 0.
 """
 
 from __future__ import annotations
@@ -84,6 +92,7 @@ class ActivationPruneConfig(Config):
     method: Literal["l1-norm", "random"] = "l1-norm"
     scope: Literal["local"] = "local"
     granularity: Literal["token", "tensor"] = "token"
+    seed: int = 0
 
     def validate(self, path: str = "") -> None:
         check_sparsity(self.sparsity, f"{path}.sparsity" if path else "sparsity")
@@ -109,6 +118,7 @@ class ActivationOverride(Config):
     sparsity: Optional[float] = None
     method: Optional[Literal["l1-norm", "random"]] = None
     granularity: Optional[Literal["token", "tensor"]] = None
+    seed: Optional[int] = None
 
     def validate(self, path: str = "") -> None:
         if self.sparsity is not None:
@@ -165,13 +175,36 @@ def _set_mask(graph: MaseGraph, node: fx.Node, mask: torch.Tensor) -> None:
         raise ConfigError(f"cannot add pruning mask: {owner_path}.{buf_name} already exists and is not a buffer")
     else:
         owner.register_buffer(buf_name, mask)
-    with torch.no_grad():
-        weight.mul_(mask)  # raw weights zero too: they stay zero under AdamW
+    graph.write_tensor(weight, weight.detach() * mask)  # raw weights zero too: they stay zero under AdamW
     target = f"{owner_path}.{buf_name}" if owner_path else buf_name
     if old_node is None or old_node.target != target:
         with graph.fx_graph.inserting_before(node):
             mask_node = graph.fx_graph.get_attr(target)
         node.args = (*node.args[:3], mask_node)
+
+
+#: The call counter of a node's random activation masks (on the module owning its weight).
+ACT_CALLS_BUFFER = "act_prune_calls"
+_ACT_STREAM_KWARGS = ("act_seed", "act_calls")
+
+
+def _set_activation_stream(graph: MaseGraph, node: fx.Node, seed: int, offset: int) -> None:
+    """Random activation pruning: ``act_seed = (seed, offset)`` and a call counter starting at 0."""
+    weight_node = node.args[1]
+    owner_path, wname = owner_and_name(weight_node.target)
+    owner = graph.gm.get_submodule(owner_path) if owner_path else graph.gm
+    buf_name = ACT_CALLS_BUFFER if owner_path else f"{wname}_{ACT_CALLS_BUFFER}"
+    target = f"{owner_path}.{buf_name}" if owner_path else buf_name
+    if hasattr(owner, buf_name) and buf_name not in owner._buffers:
+        raise ConfigError(f"cannot add the activation-pruning call counter: {target} already exists and is not a "
+                          "buffer")
+    device = get_tensor(graph, weight_node).device
+    owner.register_buffer(buf_name, torch.zeros((), dtype=torch.int64, device=device))  # a new tensor: count 0
+    calls = node.kwargs.get("act_calls")
+    if not (isinstance(calls, fx.Node) and calls.target == target):
+        with graph.fx_graph.inserting_before(node):
+            calls = graph.fx_graph.get_attr(target)
+    update_kwargs(node, act_seed=(int(seed), int(offset)), act_calls=calls)
 
 
 @register_pass("prune", PruneConfig, kind="transform")
@@ -205,7 +238,7 @@ def prune(graph: MaseGraph, config: PruneConfig) -> tuple[MaseGraph, dict[str, A
         masks[n] = weight_masks([effective(n)], c.sparsity, c.method, "local", c.seed)[0]
 
     report = []
-    for n in nodes:
+    for offset, n in enumerate(nodes):
         a = a_cfg[n]
         if n not in masks and a.sparsity <= 0:
             continue
@@ -214,6 +247,10 @@ def prune(graph: MaseGraph, config: PruneConfig) -> tuple[MaseGraph, dict[str, A
             _set_mask(graph, n, masks[n])
         if a.sparsity > 0:
             update_kwargs(n, act_prune=(float(a.sparsity), a.method, a.granularity))
+            if a.method == "random":
+                _set_activation_stream(graph, n, a.seed, offset)
+            else:  # deterministic: no stream (an earlier random setting's counter node becomes dead code)
+                n.kwargs = {k: v for k, v in n.kwargs.items() if k not in _ACT_STREAM_KWARGS}
         report.append(node_sparsity(graph, n))
         graph.meta(n).annotations["prune"] = report[-1]
     shared = refresh_shared_inputs(graph)
@@ -234,6 +271,9 @@ def node_sparsity(graph: MaseGraph, node: fx.Node) -> dict[str, Any]:
     if mask_node is not None:
         pruned = numel - int(get_tensor(graph, mask_node).sum())
     ap = linear_settings(node)["act_prune"]
+    activation = None if ap is None else {"sparsity": ap[0], "method": ap[1], "granularity": ap[2]}
+    if activation is not None and ap[1] == "random":
+        activation["seed"] = (node.kwargs.get("act_seed") or (None,))[0]
     return {
         "node": node.name,
         "module": module_path(graph, node),
@@ -241,5 +281,5 @@ def node_sparsity(graph: MaseGraph, node: fx.Node) -> dict[str, Any]:
         "weight_numel": numel,
         "weight_pruned": pruned,
         "weight_sparsity": pruned / numel if numel else 0.0,
-        "activation": None if ap is None else {"sparsity": ap[0], "method": ap[1], "granularity": ap[2]},
+        "activation": activation,
     }

@@ -23,12 +23,12 @@ Gradients (straight-through estimation, STE):
 
 from __future__ import annotations
 
-import weakref
 from typing import NamedTuple, Optional
 
 import torch
 
 from mase_lite.errors import ConfigError
+from mase_lite.weight_scope import scope_cache
 
 __all__ = [
     "QSpec",
@@ -163,7 +163,7 @@ def integer_quantize(x: torch.Tensor, width: int, frac_width: int, *, floor: boo
 
 
 # ---------------------------------------------------------------------------------------------
-# Weights: quantise + mask, cached while the parameter is unchanged and no gradient is needed.
+# Weights: quantise + mask, cached within a frozen-weights block when no gradient is needed.
 
 class _QuantizeMaskWeight(torch.autograd.Function):
     @staticmethod
@@ -187,18 +187,21 @@ class _QuantizeMaskWeight(torch.autograd.Function):
         return grad, None, None, None
 
 
-# id(weight) -> (weakref(weight), weakref(mask) | None, key, cached value). Entries are dropped when the weight dies.
-_WEIGHT_CACHE: dict[int, tuple] = {}
-
-
 def clear_weight_cache() -> None:
-    """Forget all cached quantised/masked weights."""
-    _WEIGHT_CACHE.clear()
+    """Forget the cached quantised/masked weights of the current :func:`~mase_lite.weight_scope.frozen_weights`
+    block (there is no cache outside one)."""
+    cache = scope_cache()
+    if cache is not None:
+        for key in [k for k in cache if isinstance(k, tuple) and k and k[0] == _CACHE_TAG]:
+            del cache[key]
+
+
+_CACHE_TAG = "quantize_weight"
 
 
 def _cache_key(w: torch.Tensor, mask: Optional[torch.Tensor], spec: Optional[QSpec]) -> tuple:
-    mkey = None if mask is None else (mask._version, mask.data_ptr())
-    return (w._version, w.data_ptr(), tuple(w.shape), w.dtype, w.device, mkey, spec)
+    mkey = None if mask is None else (id(mask), mask._version, mask.data_ptr())
+    return (_CACHE_TAG, id(w), w._version, w.data_ptr(), tuple(w.shape), w.dtype, w.device, mkey, spec)
 
 
 def quantize_weight(w: torch.Tensor, mask: Optional[torch.Tensor] = None, spec: "QSpec | tuple | None" = None,
@@ -206,27 +209,29 @@ def quantize_weight(w: torch.Tensor, mask: Optional[torch.Tensor] = None, spec: 
     """``q(w) * mask`` (either part optional); gradient ``grad * mask`` (times the in-range mask for
     the clipped STE).
 
-    When no gradient is needed (``torch.no_grad`` / ``requires_grad=False``) the result is cached
-    per weight tensor and reused until the weight or mask changes (tracked by ``tensor._version``,
-    which in-place updates such as optimizer steps and ``load_state_dict`` bump, and ``data_ptr``).
+    Caching: only inside a :func:`mase_lite.weight_scope.frozen_weights` block (evaluation opens one),
+    when no gradient is needed and ``cache`` is true, the result is kept for the rest of the block
+    (keyed by the weight and mask objects, their shapes and ``spec``) and then dropped. Outside such a
+    block every call recomputes, so the result is correct however the weights were updated
+    (fused optimizers, ``load_state_dict``, ``.data`` edits, ``.to()``).
     """
     spec = qspec(spec)
     if spec is None and mask is None:
         return w
     if torch.is_grad_enabled() and w.requires_grad:
         return _QuantizeMaskWeight.apply(w, mask, spec, ste == "clipped")
-    if not cache:
-        return _QuantizeMaskWeight.forward(_Ctx(), w, mask, spec, False)
+    store = scope_cache() if cache else None
+    if store is None:
+        with torch.no_grad():
+            return _QuantizeMaskWeight.forward(_Ctx(), w, mask, spec, False)
     key = _cache_key(w, mask, spec)
-    hit = _WEIGHT_CACHE.get(id(w))
-    if (hit is not None and hit[0]() is w and hit[2] == key
-            and (hit[1] is None if mask is None else hit[1]() is mask)):
-        return hit[3]
+    hit = store.get(key)
+    # the tensors themselves are kept with the value, so an id cannot be reused within the block
+    if hit is not None and hit[0] is w and hit[1] is mask:
+        return hit[2]
     with torch.no_grad():
         out = _QuantizeMaskWeight.forward(_Ctx(), w, mask, spec, False)
-    wid = id(w)
-    wref = weakref.ref(w, lambda _r, wid=wid: _WEIGHT_CACHE.pop(wid, None))
-    _WEIGHT_CACHE[wid] = (wref, None if mask is None else weakref.ref(mask), key, out)
+    store[key] = (w, mask, out)
     return out
 
 

@@ -19,6 +19,14 @@ Activations (recomputed on every forward pass, on the tensor the matmul consumes
   pruned and the count is approximate); ``random`` prunes each entry with probability ``s``.
   ``s = 0`` keeps everything in every mode.
 
+Random activation masks are drawn from a ``torch.Generator`` (on the input's device) passed in as
+``generator``; without one, from torch's global RNG. The compressed graphs seed it per node and per
+call (:func:`activation_generator`): call ``n`` (0, 1, 2, ...) of the node with offset ``i`` draws
+from a generator seeded with :func:`activation_seed` ``(seed, i, n)``, so consecutive batches get
+different masks and the whole sequence is reproducible for a seed (on one device type: CPU and CUDA
+generators give different streams). Per vector the ``k`` entries with the smallest uniform scores
+(``torch.rand``, ties by index) are pruned; per tensor those with score ``< s``.
+
 Fast paths (identical results to the ``*_reference`` functions, which tests compare against):
 when the input lies on a fixed-point grid (quantised activations), the per-vector k-th smallest
 magnitude is found by a binary search over the ``2^(w-1) + 1`` magnitude levels, all vectors at
@@ -30,6 +38,7 @@ CPU, :mod:`passes.transforms.native` does the same per row in one fused operator
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Optional, Sequence
 
@@ -52,6 +61,9 @@ __all__ = [
     "weight_masks_reference",
     "activation_keep_mask",
     "activation_keep_mask_reference",
+    "activation_seed",
+    "activation_generator",
+    "random_keep_mask_reference",
     "quantile_linear",
     "token_keep_from_levels",
     "MAX_SEARCH_LEVELS",
@@ -228,18 +240,37 @@ def token_keep_from_levels(a: torch.Tensor, num_levels: int, k: int, out: torch.
     return torch.gt(a, t, out=out)
 
 
+def activation_seed(seed: int, offset: int, call: int) -> int:
+    """The seed (63 bits) of the generator that draws the random activation mask of call ``call``
+    (counted from 0) of the node with offset ``offset`` under config seed ``seed``: the first 8
+    bytes of ``blake2b("<seed>:<offset>:<call>")``, little-endian, top bit cleared. A hash, so
+    neighbouring seeds, nodes and calls give unrelated streams."""
+    digest = hashlib.blake2b(f"{int(seed)}:{int(offset)}:{int(call)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def activation_generator(seed: int, offset: int, call: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with :func:`activation_seed` ``(seed, offset, call)``."""
+    return torch.Generator(device=device).manual_seed(activation_seed(seed, offset, call))
+
+
+def _uniform_scores(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    return torch.rand(x.shape, generator=generator, device=x.device)
+
+
 def activation_keep_mask(x: torch.Tensor, sparsity: float, method: str = "l1-norm",
-                         granularity: str = "token") -> torch.Tensor:
+                         granularity: str = "token", generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Keep mask (bool, shape of ``x``) for activation pruning (see module doc).
 
     Exact for any float input; for inputs on a small fixed-point grid :func:`token_keep_from_levels`
-    is the fast path (used by ``ops.compressed_linear``).
+    is the fast path (used by ``ops.compressed_linear``). ``generator``: what ``random`` draws from
+    (default: torch's global RNG); unused by ``l1-norm``.
     """
     if sparsity <= 0.0 or x.numel() == 0:
         return torch.ones_like(x, dtype=torch.bool)
     if granularity == "tensor":
         if method == "random":
-            return ~(torch.rand(x.shape, device=x.device) < sparsity)
+            return ~(_uniform_scores(x, generator) < sparsity)
         return _tensor_l1_keep(x.abs(), sparsity)
     d = x.shape[-1] if x.dim() else 1
     k = num_to_prune(sparsity, d)
@@ -248,9 +279,24 @@ def activation_keep_mask(x: torch.Tensor, sparsity: float, method: str = "l1-nor
     if k >= d:
         return torch.zeros_like(x, dtype=torch.bool)
     if method == "random":
-        scores = torch.rand(x.shape, device=x.device).reshape(-1, d)
+        scores = _uniform_scores(x, generator).reshape(-1, d)
         return _token_keep_from_values(scores, k).view(x.shape)
     return _token_keep_from_values(x.abs().reshape(-1, d), k).view(x.shape)
+
+
+def random_keep_mask_reference(x: torch.Tensor, sparsity: float, granularity: str = "token",
+                               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The ``random`` rule in its straightforward form, for tests: the same uniform scores as
+    :func:`activation_keep_mask` draws, then per vector a stable sort (first ``k`` pruned), per tensor
+    ``score >= s`` kept."""
+    if sparsity <= 0.0:
+        return torch.ones_like(x, dtype=torch.bool)
+    scores = _uniform_scores(x, generator)
+    if granularity == "tensor":
+        return scores >= sparsity
+    k = num_to_prune(sparsity, x.shape[-1])
+    idx = torch.sort(scores, dim=-1, stable=True).indices[..., :k]
+    return torch.ones_like(x, dtype=torch.bool).scatter_(-1, idx, False)
 
 
 def activation_keep_mask_reference(x: torch.Tensor, sparsity: float, granularity: str = "token") -> torch.Tensor:
