@@ -13,7 +13,7 @@ import sys
 
 from .errors import MaseError
 
-COMMANDS = ("report", "train", "transform", "search", "plot")
+COMMANDS = ("report", "train", "transform", "search", "plot", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

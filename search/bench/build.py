@@ -1,0 +1,189 @@
+"""Building a benchmark table: every architecture of a grid space, trained once per seed.
+
+The build is one Optuna study (``<search.name>-table``) whose grid is the model-level space times
+the table seeds (parameter ``table_seed``), so it has what a search has: RDB storage, resume after
+a kill (an interrupted trial is queued again), several worker processes on one storage, a progress
+bar. Each trial is the ``compress_finetune`` trial of a live search (:mod:`search.objectives`) with
+the model and training seed set to its ``table_seed`` and the fine-tune seed derived from it, so
+one row records the trained, compressed and fine-tuned accuracy of the same model. The table is
+written (:func:`search.bench.table.write_table`, then the manifest) once every (architecture,
+seed) row is complete; until then a rerun of the same command continues the build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from ..config import RunConfig, SearchError, StudySpec, digest, first_difference, study_fingerprint
+from ..objectives import CompressFinetuneObjective, ObjectiveContext
+from ..space import SearchSpace
+from ..storage import Budget, default_storage_url, n_counted, open_storage, recover_interrupted, redact
+from .table import ARCH_PARAMS, TABLE_COLUMNS, arch_id, buildable, space_combinations, write_manifest, write_table
+
+log = logging.getLogger(__name__)
+
+SEED_PARAM = "table_seed"
+#: trial timings -> table columns
+_TIMES = {"build": "time_build_s", "train": "time_train_s", "eval_trained": "time_eval_trained_s",
+          "compress": "time_compress_s", "eval_compressed": "time_eval_compressed_s",
+          "finetune": "time_finetune_s", "eval_finetuned": "time_eval_finetuned_s", "total": "time_total_s"}
+
+
+@dataclasses.dataclass
+class BuildResult:
+    out: Path
+    storage_url: str
+    rows_done: int
+    rows_total: int
+    table: Path | None  # written once every row is complete
+    seconds: float  # wall time of this call
+
+
+class TableObjective:
+    """One (architecture, seed) row: the ``compress_finetune`` trial with this row's seeds."""
+
+    def __init__(self, ctx: ObjectiveContext, seeds: Sequence[int], finetune_for: Callable[[int], Any]):
+        self.ctx, self.seeds, self.finetune_for = ctx, list(seeds), finetune_for
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        seed = trial.suggest_categorical(SEED_PARAM, self.seeds)
+        ctx = dataclasses.replace(self.ctx, seed=seed, train=self.ctx.train.replace(seed=seed),
+                                  finetune=self.finetune_for(seed))
+        return CompressFinetuneObjective(ctx)(trial)
+
+
+def table_spec(cfg: RunConfig, n_rows: int) -> StudySpec:
+    name = f"{cfg.search.name}-table"
+    return StudySpec(name, cfg.search.name, name, "grid", 0, "compress_finetune", ["accuracy"], n_rows)
+
+
+def table_fingerprint(cfg: RunConfig, seeds: Sequence[int]) -> dict[str, Any]:
+    fp = study_fingerprint(cfg, table_spec(cfg, 0))
+    fp.pop("finetune", None)  # per row: derived from the row's seed
+    fp["table_seeds"] = list(seeds)
+    fp["finetune"] = {k: v for k, v in cfg.finetune.items()}
+    return fp
+
+
+def n_rows(cfg: RunConfig, seeds: Sequence[int]) -> int:
+    return len(_buildable(cfg)) * len(seeds)
+
+
+def _buildable(cfg: RunConfig) -> list[dict[str, int]]:
+    space = {p: getattr(cfg.space, p) for p in ARCH_PARAMS}
+    return [c for c in space_combinations(space) if buildable(c)]
+
+
+def build_table(cfg: RunConfig, out: str | Path, seeds: Sequence[int] = (0, 1, 2), *, storage_url: str | None = None,
+                get_splits: Callable[[], Any] | None = None, command: str = "") -> BuildResult:
+    """Train the missing rows of the table of ``cfg``'s space into ``out`` (resumable; see the module doc).
+
+    ``get_splits`` gives the data (default: :func:`search.study.load_data` of ``cfg``); it is only
+    called when rows are missing. Returns how many rows are done; ``table`` is set once all are.
+    """
+    from tqdm.auto import tqdm
+
+    from ..study import _quiet_optuna, load_data
+
+    t0 = time.perf_counter()
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SearchError(f"table seeds {seeds}: give distinct seeds (at least one)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _quiet_optuna()
+    total = n_rows(cfg, seeds)
+    url = storage_url or cfg.search.storage or default_storage_url(out)
+    storage = open_storage(url, cfg.search.heartbeat_interval)
+    space = SearchSpace.from_config(cfg.space, cfg.model, with_nodes=False)
+    grid = {**space.model.grid_search_space(), SEED_PARAM: seeds}
+    spec = table_spec(cfg, total)
+    fp = table_fingerprint(cfg, seeds)
+    study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.GridSampler(grid, seed=0))
+    stored = study.user_attrs.get("fingerprint")
+    if stored is None:
+        study.set_user_attr("fingerprint", {"digest": digest(fp), "config": fp})
+    elif stored.get("digest") != digest(fp):
+        diff = first_difference(stored.get("config", {}), fp) or "unknown difference"
+        raise SearchError(f"the table study {spec.name!r} in {redact(url)} was started with another setup ({diff}); "
+                          f"use another --out, --storage or search.name")
+    recover_interrupted(study)
+    if n_counted(study) < total:
+        ctx = ObjectiveContext(space=space, splits=(get_splits or (lambda: load_data(cfg)))(), train=cfg.train,
+                               finetune=cfg.finetune_config(), compression=cfg.compression,
+                               objectives=["accuracy"], seed=0, graph_dir=None)
+        objective = TableObjective(ctx, seeds, cfg.finetune_config)
+        with tqdm(total=total, initial=n_counted(study), desc=spec.name, unit="row", dynamic_ncols=True) as bar:
+            cb = Budget(total, cfg.search.max_failures_in_a_row, bar)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.optimize(objective, n_trials=None, catch=(Exception,), callbacks=[cb],
+                               gc_after_trial=cfg.search.gc_after_trial)
+        if cb.aborted:
+            raise SearchError(f"table build stopped: {cb.aborted}")
+    rows = table_rows(study)
+    done = len(rows)
+    table = None
+    if done >= total:
+        table = write_table(rows, out)
+        write_manifest(
+            out, space={p: getattr(cfg.space, p) for p in ARCH_PARAMS}, model=cfg.to_dict()["model"],
+            data={k: v for k, v in cfg.data.to_dict().items() if k not in ("data_dir", "cache_dir")},
+            train=cfg.train.to_dict(), finetune=cfg.finetune_config().to_dict(),
+            compression=cfg.compression, seeds=seeds,
+            total_seconds=round(sum(r["time_total_s"] for r in rows), 1), command=command,
+            machine=_machine(study),
+        )
+        log.info("table of %d rows written to %s", done, out)
+    return BuildResult(out, url, done, total, table, time.perf_counter() - t0)
+
+
+def table_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per (architecture, seed) from the study's trials: the first complete trial of each,
+    or (where every attempt failed) a row of NaN accuracies from the last failed one."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    interrupted = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("interrupted")}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.state not in (TrialState.COMPLETE, TrialState.FAIL) or t.number in interrupted or "arch" not in t.user_attrs:
+            continue
+        ua = t.user_attrs
+        arch = {p: int(ua["arch"][p]) for p in ARCH_PARAMS}
+        key = (arch_id(arch), int(t.params[SEED_PARAM]))
+        if key in rows and (rows[key]["_complete"] or t.state != TrialState.COMPLETE):
+            continue
+        cost, timings, machine = ua.get("cost") or {}, ua.get("timings") or {}, ua.get("machine") or {}
+        row: dict[str, Any] = {"arch": key[0], **arch, "seed": key[1], "_complete": t.state == TrialState.COMPLETE}
+        for stage in ("trained", "compressed", "finetuned"):
+            row[f"accuracy_{stage}"] = float(ua.get(f"accuracy_{stage}", math.nan))
+            row[f"loss_{stage}"] = float(ua.get(f"loss_{stage}", math.nan))
+        for col in ("params", "size_bytes_fp32", "size_bytes_compressed"):
+            row[col] = int(cost.get(col, 0))
+        for name, col in _TIMES.items():
+            row[col] = float(timings.get(name, 0.0))
+        row["precision"], row["num_threads"] = machine.get("precision") or "", int(machine.get("num_threads") or 0)
+        rows[key] = row
+    return [{k: r[k] for k in TABLE_COLUMNS} for r in rows.values()]
+
+
+def _machine(study: optuna.Study) -> dict[str, Any]:
+    """The machine of the trials (those of the first complete trial; ``mixed`` lists every distinct one)."""
+    seen = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        m = t.user_attrs.get("machine")
+        if m and m not in seen:
+            seen.append(m)
+    out = dict(seen[0]) if seen else {}
+    if len(seen) > 1:
+        out["mixed"] = seen
+        log.warning("the table's rows come from %d different machine setups (see manifest machine.mixed)", len(seen))
+    return out

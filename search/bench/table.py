@@ -1,0 +1,568 @@
+"""The benchmark table format (schema version 1): its single source of truth, writing and loading.
+
+A table directory holds two files.
+
+``table.csv`` — one row per (architecture, training seed), sorted by ``(arch, seed)``, columns in
+this order (:data:`TABLE_COLUMNS`):
+
+* ``arch`` — ``L{num_hidden_layers}-A{num_attention_heads}-H{hidden_size}-I{intermediate_size}``
+  (:func:`arch_id`);
+* ``num_hidden_layers``, ``num_attention_heads``, ``hidden_size``, ``intermediate_size`` (int) —
+  the architecture, values of the manifest's ``space``;
+* ``seed`` (int) — model initialisation and batch order (one of the manifest's ``seeds``);
+* ``accuracy_trained``, ``accuracy_compressed``, ``accuracy_finetuned`` (float in [0, 1], or
+  ``nan`` for a run that failed) — validation accuracy after one training epoch, after the
+  ``compression`` pipeline (Lab 2: 8-bit integer quantisation + 50 % l1 pruning), after
+  compression and one fine-tuning epoch;
+* ``loss_trained``, ``loss_compressed``, ``loss_finetuned`` (float) — the matching validation losses;
+* ``params``, ``size_bytes_fp32``, ``size_bytes_compressed`` (int) — from the cost pass; compressed
+  is quantised + sparse bytes;
+* ``time_build_s``, ``time_train_s``, ``time_eval_trained_s``, ``time_compress_s``,
+  ``time_eval_compressed_s``, ``time_finetune_s``, ``time_eval_finetuned_s``, ``time_total_s``
+  (float seconds);
+* ``precision`` (``fp32``/``bf16``, as resolved) and ``num_threads`` (int).
+
+Architectures the model cannot build (``hidden_size % num_attention_heads != 0``) have no rows;
+every buildable combination of the space has one row per seed.
+
+``manifest.json`` — :data:`MANIFEST_KEYS`: ``schema_version`` (1), ``space`` (``{param: [values]}``
+for the four parameters), ``model`` (the fixed ``ModelConfig`` fields), ``data`` (``DataConfig``),
+``train`` and ``finetune`` (``TrainConfig`` dicts), ``compression`` (the pipeline,
+``{"passes": ...}``), ``seeds``, ``n_rows``, ``versions`` (``{package: version}``), ``machine``
+(cpu, flags, num_threads, precision), ``total_seconds``, ``content_hash`` (sha256 of the bytes of
+``table.csv``) and ``command``.
+
+The builder writes with :func:`write_table` then :func:`write_manifest`; readers use
+:meth:`BenchTable.load`, which validates everything and raises one :class:`TableError` naming the
+file, the field and what is valid. :func:`check_compatible` compares a search config with a table.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from mase_lite.errors import MaseError
+from mase_lite.machine import machine_info
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+TABLE_FILE = "table.csv"
+MANIFEST_FILE = "manifest.json"
+
+#: The architecture parameters (same names and order as ``search.space.MODEL_PARAMS``).
+ARCH_PARAMS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size")
+ACCURACY_COLUMNS = ("accuracy_trained", "accuracy_compressed", "accuracy_finetuned")
+LOSS_COLUMNS = ("loss_trained", "loss_compressed", "loss_finetuned")
+SIZE_COLUMNS = ("params", "size_bytes_fp32", "size_bytes_compressed")
+TIME_COLUMNS = ("time_build_s", "time_train_s", "time_eval_trained_s", "time_compress_s",
+                "time_eval_compressed_s", "time_finetune_s", "time_eval_finetuned_s", "time_total_s")
+TABLE_COLUMNS = ("arch", *ARCH_PARAMS, "seed", *ACCURACY_COLUMNS, *LOSS_COLUMNS, *SIZE_COLUMNS,
+                 *TIME_COLUMNS, "precision", "num_threads")
+INT_COLUMNS = (*ARCH_PARAMS, "seed", *SIZE_COLUMNS, "num_threads")
+FLOAT_COLUMNS = (*ACCURACY_COLUMNS, *LOSS_COLUMNS, *TIME_COLUMNS)
+STR_COLUMNS = ("arch", "precision")
+#: Numeric columns kept as ``(n_archs, n_seeds)`` arrays by :class:`BenchTable`.
+NUMERIC_COLUMNS = (*FLOAT_COLUMNS, *SIZE_COLUMNS, "num_threads")
+
+MANIFEST_KEYS = ("schema_version", "space", "model", "data", "train", "finetune", "compression", "seeds",
+                 "n_rows", "versions", "machine", "total_seconds", "content_hash", "command")
+#: Metric name -> accuracy column.
+METRIC_COLUMNS = {"trained": "accuracy_trained", "compressed": "accuracy_compressed", "finetuned": "accuracy_finetuned"}
+#: Search variant -> the metric its studies optimise.
+VARIANT_METRICS = {"baseline": "trained", "compress": "compressed", "compress_finetune": "finetuned"}
+
+#: Fields that do not change results, left out of :func:`check_compatible`.
+NEUTRAL_FIELDS = {
+    "data": ("data_dir", "cache_dir", "n_test"),
+    # ``seed`` is the table's seed axis (a live study sets it from search.seeds)
+    "train": ("progress", "num_threads", "log_every", "eval_every", "eval_batch_size", "seed"),
+    "model": ("attn_implementation", "seed", *ARCH_PARAMS),
+}
+
+
+class TableError(MaseError):
+    """A benchmark table is missing, malformed or does not fit a config; the message names the field."""
+
+
+def arch_id(params: Mapping[str, Any]) -> str:
+    """``{"num_hidden_layers": 2, ...}`` -> ``"L2-A4-H128-I512"``."""
+    return ("L{num_hidden_layers}-A{num_attention_heads}-H{hidden_size}-I{intermediate_size}"
+            .format(**{k: int(params[k]) for k in ARCH_PARAMS}))
+
+
+def buildable(params: Mapping[str, Any]) -> bool:
+    """Whether the model can be built (``hidden_size`` divisible by ``num_attention_heads``)."""
+    return int(params["hidden_size"]) % int(params["num_attention_heads"]) == 0
+
+
+def space_combinations(space: Mapping[str, Sequence[int]]) -> list[dict[str, int]]:
+    """Every combination of a ``{param: [values]}`` space, in product order (buildable or not)."""
+    return [dict(zip(ARCH_PARAMS, c)) for c in itertools.product(*(space[p] for p in ARCH_PARAMS))]
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _format(column: str, value: Any) -> str:
+    if column in INT_COLUMNS:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TableError(f"{TABLE_FILE}: column {column} must be an integer, got {value!r}")
+        return str(int(value))
+    if column in FLOAT_COLUMNS:
+        if value is None:
+            return "nan"
+        v = float(value)
+        return "nan" if math.isnan(v) else repr(v)
+    return str(value)
+
+
+def write_table(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write ``rows`` (dicts with exactly :data:`TABLE_COLUMNS`) as ``table.csv``, sorted by (arch, seed).
+
+    ``path`` is the CSV file or its directory. A row's ``arch`` must be ``arch_id`` of its parameters.
+    """
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        path = path / TABLE_FILE
+    out = []
+    for i, row in enumerate(rows):
+        missing = [c for c in TABLE_COLUMNS if c not in row]
+        extra = [c for c in row if c not in TABLE_COLUMNS]
+        if missing or extra:
+            raise TableError(f"{TABLE_FILE} row {i}: " + "; ".join(
+                ([f"missing column(s) {', '.join(missing)}"] if missing else [])
+                + ([f"unknown column(s) {', '.join(map(str, extra))}"] if extra else []))
+                + f" (columns: {', '.join(TABLE_COLUMNS)})")
+        if row["arch"] != arch_id(row):
+            raise TableError(f"{TABLE_FILE} row {i}: arch = {row['arch']!r} but its parameters give {arch_id(row)!r}")
+        out.append({c: _format(c, row[c]) for c in TABLE_COLUMNS})
+    out.sort(key=lambda r: (r["arch"], int(r["seed"])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(TABLE_COLUMNS), lineterminator="\n")
+        w.writeheader()
+        w.writerows(out)
+    os.replace(tmp, path)
+    return path
+
+
+def package_versions(packages: Sequence[str] = ("mase-lite", "torch", "transformers", "optuna", "numpy",
+                                                "datasets", "tokenizers")) -> dict[str, str]:
+    """``{package: installed version}`` (``python`` included; absent packages are left out)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_manifest(directory: str | Path, *, space: Mapping[str, Sequence[int]], model: Mapping[str, Any],
+                   data: Mapping[str, Any], train: Mapping[str, Any], finetune: Mapping[str, Any],
+                   compression: Mapping[str, Any], seeds: Sequence[int], total_seconds: float,
+                   command: str | Sequence[str], versions: Mapping[str, str] | None = None,
+                   machine: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``directory/manifest.json`` for the ``table.csv`` already there; returns the manifest.
+
+    ``n_rows`` and ``content_hash`` are computed from the table; ``versions`` defaults to
+    :func:`package_versions`, ``machine`` to :func:`machine_info` (no threads/precision).
+    """
+    directory = Path(directory)
+    table = directory / TABLE_FILE
+    if not table.is_file():
+        raise TableError(f"{table} not found: write the table (write_table) before the manifest")
+    with table.open(newline="") as fh:
+        n_rows = sum(1 for _ in csv.reader(fh)) - 1
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "space": {p: [int(v) for v in space[p]] for p in ARCH_PARAMS},
+        "model": {k: v for k, v in dict(model).items() if k not in (*ARCH_PARAMS, "seed")},
+        "data": dict(data),
+        "train": dict(train),
+        "finetune": dict(finetune),
+        "compression": copy.deepcopy(dict(compression)),
+        "seeds": [int(s) for s in seeds],
+        "n_rows": n_rows,
+        "versions": dict(versions) if versions is not None else package_versions(),
+        "machine": dict(machine) if machine is not None else machine_info(),
+        "total_seconds": float(total_seconds),
+        "content_hash": file_hash(table),
+        "command": command if isinstance(command, str) else " ".join(map(str, command)),
+    }
+    path = directory / MANIFEST_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return manifest
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _parse(column: str, raw: str, where: str) -> Any:
+    raw = raw.strip()
+    if column in INT_COLUMNS:
+        try:
+            return int(raw)
+        except ValueError:
+            raise TableError(f"{where}: {column} = {raw!r} is not an integer") from None
+    if column in FLOAT_COLUMNS:
+        if raw == "" or raw.lower() == "nan":
+            return math.nan
+        try:
+            return float(raw)
+        except ValueError:
+            raise TableError(f"{where}: {column} = {raw!r} is not a number (use nan for a failed run)") from None
+    return raw
+
+
+def _check_manifest(m: Any, path: Path) -> None:
+    if not isinstance(m, dict):
+        raise TableError(f"{path}: must be a JSON object with keys {', '.join(MANIFEST_KEYS)}")
+    missing = [k for k in MANIFEST_KEYS if k not in m]
+    if missing:
+        raise TableError(f"{path}: missing key(s) {', '.join(missing)} (keys of schema version {SCHEMA_VERSION}: "
+                         f"{', '.join(MANIFEST_KEYS)})")
+    if m["schema_version"] != SCHEMA_VERSION:
+        raise TableError(f"{path}: schema_version = {m['schema_version']!r}; this mase-lite reads schema version "
+                         f"{SCHEMA_VERSION} (rebuild the table with `mase-lite bench build`)")
+    space = m["space"]
+    if not isinstance(space, dict) or set(space) != set(ARCH_PARAMS):
+        got = sorted(space) if isinstance(space, dict) else space
+        raise TableError(f"{path}: space must have exactly the keys {', '.join(ARCH_PARAMS)}, got {got!r}")
+    for p in ARCH_PARAMS:
+        v = space[p]
+        if (not isinstance(v, list) or not v or len(set(v)) != len(v)
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)):
+            raise TableError(f"{path}: space.{p} = {v!r} must be a non-empty list of distinct positive integers")
+    seeds = m["seeds"]
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise TableError(f"{path}: seeds = {seeds!r} must be a non-empty list of distinct integers")
+    for key in ("model", "data", "train", "finetune", "compression", "versions", "machine"):
+        if not isinstance(m[key], dict):
+            raise TableError(f"{path}: {key} must be an object, got {m[key]!r}")
+    if not isinstance(m["content_hash"], str) or len(m["content_hash"]) != 64:
+        raise TableError(f"{path}: content_hash = {m['content_hash']!r} must be the sha256 hex digest of {TABLE_FILE}")
+
+
+@dataclasses.dataclass
+class BenchTable:
+    """A validated benchmark table.
+
+    ``archs``: buildable architecture ids (sorted); ``seeds``: the training seeds (manifest order);
+    ``values[column]``: a ``(len(archs), len(seeds))`` float array for every numeric column, row
+    ``arch_index[arch]``, column = seed index; ``params[arch]``: the architecture's parameters;
+    ``precision[arch]``: per-seed precision strings.
+    """
+
+    directory: Path
+    manifest: dict[str, Any]
+    archs: list[str]
+    seeds: list[int]
+    params: dict[str, dict[str, int]]
+    values: dict[str, np.ndarray]
+    precision: dict[str, list[str]]
+    arch_index: dict[str, int] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.arch_index = {a: i for i, a in enumerate(self.archs)}
+
+    # -- loading
+    @classmethod
+    def load(cls, directory: str | Path) -> "BenchTable":
+        """Read and validate ``directory/table.csv`` and ``directory/manifest.json``; TableError if invalid."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise TableError(f"table directory {directory} not found (a table directory holds {TABLE_FILE} and "
+                             f"{MANIFEST_FILE}, written by `mase-lite bench build`)")
+        table_path, manifest_path = directory / TABLE_FILE, directory / MANIFEST_FILE
+        for p in (table_path, manifest_path):
+            if not p.is_file():
+                raise TableError(f"{p}: not found (a table directory holds {TABLE_FILE} and {MANIFEST_FILE}, "
+                                 f"written by `mase-lite bench build`)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TableError(f"{manifest_path}: invalid JSON: {exc}") from None
+        _check_manifest(manifest, manifest_path)
+        with table_path.open(newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise TableError(f"{table_path}: empty file (expected the header {', '.join(TABLE_COLUMNS)})")
+            missing = [c for c in TABLE_COLUMNS if c not in header]
+            unknown = [c for c in header if c not in TABLE_COLUMNS]
+            if missing or unknown or len(header) != len(set(header)):
+                parts = ([f"missing column(s) {', '.join(missing)}"] if missing else []) + \
+                        ([f"unknown column(s) {', '.join(unknown)}"] if unknown else []) + \
+                        (["repeated column names"] if len(header) != len(set(header)) else [])
+                raise TableError(f"{table_path}: {'; '.join(parts)} (schema version {SCHEMA_VERSION} columns: "
+                                 f"{', '.join(TABLE_COLUMNS)})")
+            raw_rows = list(reader)
+        if file_hash(table_path) != manifest["content_hash"]:
+            raise TableError(f"{table_path}: {TABLE_FILE} does not match {MANIFEST_FILE}'s content_hash: the table "
+                             f"was edited or truncated")
+        if len(raw_rows) != manifest["n_rows"]:
+            raise TableError(f"{table_path}: {len(raw_rows)} rows but {MANIFEST_FILE} n_rows = {manifest['n_rows']}")
+        return cls._from_rows(directory, manifest, header, raw_rows)
+
+    @classmethod
+    def _from_rows(cls, directory: Path, manifest: dict[str, Any], header: list[str],
+                   raw_rows: list[list[str]]) -> "BenchTable":
+        table_path = directory / TABLE_FILE
+        space = manifest["space"]
+        seeds = list(manifest["seeds"])
+        seed_index = {s: j for j, s in enumerate(seeds)}
+        combos = [c for c in space_combinations(space) if buildable(c)]
+        archs = sorted(arch_id(c) for c in combos)
+        params = {arch_id(c): c for c in combos}
+        index = {a: i for i, a in enumerate(archs)}
+        values = {c: np.full((len(archs), len(seeds)), np.nan) for c in NUMERIC_COLUMNS}
+        precision = {a: [""] * len(seeds) for a in archs}
+        seen: dict[tuple[str, int], int] = {}
+        for n, raw in enumerate(raw_rows, start=2):  # line numbers of the file (header = line 1)
+            where = f"{table_path} line {n}"
+            if len(raw) != len(header):
+                raise TableError(f"{where}: {len(raw)} fields, the header has {len(header)}")
+            row = {c: _parse(c, v, where) for c, v in zip(header, raw)}
+            for p in ARCH_PARAMS:
+                if row[p] not in space[p]:
+                    raise TableError(f"{where}: {p} = {row[p]} is not in {MANIFEST_FILE}'s space.{p} = {space[p]}")
+            if row["arch"] != arch_id(row):
+                raise TableError(f"{where}: arch = {row['arch']!r} but its parameters give {arch_id(row)!r}")
+            if not buildable(row):
+                raise TableError(f"{where}: arch {row['arch']} cannot be built (hidden_size {row['hidden_size']} is not "
+                                 f"divisible by num_attention_heads {row['num_attention_heads']}) and must have no rows")
+            if row["seed"] not in seed_index:
+                raise TableError(f"{where}: seed = {row['seed']} is not in {MANIFEST_FILE}'s seeds = {seeds}")
+            key = (row["arch"], row["seed"])
+            if key in seen:
+                raise TableError(f"{where}: duplicate (arch, seed) = ({key[0]!r}, {key[1]}), also on line {seen[key]}; "
+                                 f"each architecture has one row per seed")
+            seen[key] = n
+            for c in ACCURACY_COLUMNS:
+                v = row[c]
+                if not math.isnan(v) and not 0.0 <= v <= 1.0:
+                    raise TableError(f"{where}: {c} = {v} is out of range; accuracies are in [0, 1] (nan for a failed run)")
+            i, j = index[row["arch"]], seed_index[row["seed"]]
+            for c in NUMERIC_COLUMNS:
+                values[c][i, j] = row[c]
+            precision[row["arch"]][j] = row["precision"]
+        for a in archs:
+            for s in seeds:
+                if (a, s) not in seen:
+                    raise TableError(f"{table_path}: no row for (arch, seed) = ({a!r}, {s}); every buildable architecture "
+                                     f"of {MANIFEST_FILE}'s space needs one row per seed in seeds = {seeds}")
+        for v in values.values():
+            v.setflags(write=False)
+        return cls(directory, manifest, archs, seeds, params, values, precision)
+
+    # -- lookups
+    @property
+    def space(self) -> dict[str, list[int]]:
+        """The manifest's ``{param: [values]}``."""
+        return {p: list(self.manifest["space"][p]) for p in ARCH_PARAMS}
+
+    @property
+    def unbuildable(self) -> list[dict[str, int]]:
+        """Combinations of the space the model cannot build (they have no rows)."""
+        return [c for c in space_combinations(self.space) if not buildable(c)]
+
+    @property
+    def n_archs(self) -> int:
+        return len(self.archs)
+
+    @staticmethod
+    def column(metric: str) -> str:
+        """The column of ``metric`` (``trained``/``compressed``/``finetuned`` or a numeric column name)."""
+        if metric in METRIC_COLUMNS:
+            return METRIC_COLUMNS[metric]
+        if metric in NUMERIC_COLUMNS:
+            return metric
+        raise TableError(f"metric = {metric!r} is not valid; choose one of: {', '.join(METRIC_COLUMNS)} "
+                         f"(or a numeric column: {', '.join(NUMERIC_COLUMNS)})")
+
+    def array(self, metric: str) -> np.ndarray:
+        """``(n_archs, n_seeds)`` values of ``metric``."""
+        return self.values[self.column(metric)]
+
+    def means(self, metric: str) -> np.ndarray:
+        """Per-architecture mean over seeds (NaN seeds left out; NaN if all are), in ``archs`` order."""
+        a = self.array(metric)
+        ok = ~np.isnan(a)
+        n = ok.sum(axis=1)
+        s = np.where(ok, a, 0.0).sum(axis=1)
+        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+
+    def mean(self, metric: str) -> dict[str, float]:
+        """``{arch: mean over seeds}`` of ``metric``."""
+        return dict(zip(self.archs, self.means(metric).tolist()))
+
+    def value(self, arch: str, seed_index: int, metric: str) -> float:
+        """The value of ``metric`` for ``arch`` trained with ``seeds[seed_index]``."""
+        return float(self.array(metric)[self.arch_index[arch], seed_index])
+
+    def best_arch(self, metric: str) -> tuple[str, float]:
+        """The architecture with the highest mean ``metric`` over seeds, and that mean."""
+        m = self.means(metric)
+        if np.all(np.isnan(m)):
+            raise TableError(f"{self.directory / TABLE_FILE}: every {self.column(metric)} is nan")
+        i = int(np.nanargmax(m))
+        return self.archs[i], float(m[i])
+
+
+# --------------------------------------------------------------------------- compatibility with a config
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+_ABSENT = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or a == b and type(a) is type(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _diff_message(path: str, table_value: Any, config_value: Any) -> str:
+    def show(v: Any) -> str:
+        r = "(absent)" if v is _ABSENT else repr(v)
+        return r if len(r) <= 100 else r[:97] + "..."
+
+    return (f"the config does not match the table: {path} = {show(table_value)} in the table ({MANIFEST_FILE}), "
+            f"{show(config_value)} in the config")
+
+
+def _first_difference(table_d: Any, config_d: Any, path: str) -> str | None:
+    """The first differing leaf of two nested values (dict keys order-insensitive), as a message."""
+    if isinstance(table_d, dict) and isinstance(config_d, dict):
+        for k in [*table_d, *(k for k in config_d if k not in table_d)]:
+            diff = _first_difference(table_d.get(k, _ABSENT), config_d.get(k, _ABSENT), f"{path}.{k}")
+            if diff:
+                return diff
+        return None
+    if table_d is _ABSENT or config_d is _ABSENT or not _same(table_d, config_d):
+        return _diff_message(path, table_d, config_d)
+    return None
+
+
+def _compare_section(name: str, table_d: Mapping[str, Any], config_d: Mapping[str, Any], defaults: Mapping[str, Any],
+                     ignore: Sequence[str] = ()) -> None:
+    """TableError on the first field that differs; a field absent on one side must equal its default there."""
+    for key in [*table_d, *(k for k in config_d if k not in table_d)]:
+        if key in ignore:
+            continue
+        t = table_d.get(key, defaults.get(key, _ABSENT))
+        c = config_d.get(key, defaults.get(key, _ABSENT))
+        if (key not in table_d or key not in config_d) and key not in defaults:
+            continue  # a field one side's mase-lite does not know, with no known default: nothing to compare
+        diff = _first_difference(t, c, f"{name}.{key}")
+        if diff:
+            raise TableError(diff)
+
+
+def normalize_pipeline(pipeline: Mapping[str, Any]) -> Any:
+    """A pipeline as ``[[name, config with defaults filled], ...]`` (the plain dict if it cannot be parsed)."""
+    try:
+        from passes.pipeline import parse_pipeline
+        from passes.registry import get_pass
+
+        steps = parse_pipeline(copy.deepcopy(dict(pipeline)))
+        return [[name, get_pass(name).config_cls.from_dict(copy.deepcopy(dict(cfg or {})), path=name).to_dict()]
+                for name, cfg in steps]
+    except Exception:  # an unknown pass, or passes not importable: compare as plain dicts
+        log.debug("compression pipeline not normalised", exc_info=True)
+        return copy.deepcopy(dict(pipeline))
+
+
+def check_compatible(table: BenchTable, run_cfg: Any, sampler_specs: Sequence[str] | None = None,
+                     metrics: Iterable[str] = ("trained",)) -> None:
+    """Raise one TableError if replaying ``run_cfg``'s search on ``table`` would not mean what it says.
+
+    Compared: the samplers (no ``+nodes``), the ``[space]`` lists (order-insensitive), the fixed
+    ``[model]`` fields, ``[data]`` and ``[train]`` fields that change results (:data:`NEUTRAL_FIELDS`
+    are ignored; a field absent on one side counts as its default), ``[finetune]`` if ``finetuned`` is
+    among ``metrics`` and the compression pipeline (defaults of the pass configs filled in) if
+    ``compressed`` or ``finetuned`` is.
+    """
+    from mase_lite.data import DataConfig
+    from mase_lite.models import ModelConfig
+    from mase_lite.training import TrainConfig
+
+    specs = list(sampler_specs if sampler_specs is not None else run_cfg.search.samplers)
+    for i, spec in enumerate(specs):
+        if spec.endswith("+nodes"):
+            base = spec[: -len("+nodes")]
+            raise TableError(f"search.samplers[{i}] = {spec!r}: a table has model-level architectures only; per-node "
+                             f"(+nodes) choices cannot be replayed; use {base!r}")
+    m = table.manifest
+    for p in ARCH_PARAMS:
+        t, c = sorted(m["space"][p]), sorted(getattr(run_cfg.space, p))
+        if t != c:
+            raise TableError(_diff_message(f"space.{p}", t, c))
+    _compare_section("model", m["model"], run_cfg.model.to_dict(), _field_defaults(ModelConfig), NEUTRAL_FIELDS["model"])
+    _compare_section("data", m["data"], run_cfg.data.to_dict(), _field_defaults(DataConfig), NEUTRAL_FIELDS["data"])
+    _compare_section("train", m["train"], run_cfg.train.to_dict(), _field_defaults(TrainConfig), NEUTRAL_FIELDS["train"])
+    metrics = set(metrics)
+    if "finetuned" in metrics:
+        _compare_section("finetune", m["finetune"], run_cfg.finetune_config().to_dict(), _field_defaults(TrainConfig),
+                         NEUTRAL_FIELDS["train"])
+    if metrics & {"compressed", "finetuned"}:
+        t, c = normalize_pipeline(m["compression"]), normalize_pipeline(run_cfg.compression)
+        if isinstance(t, list) and isinstance(c, list):
+            names_t, names_c = [n for n, _ in t], [n for n, _ in c]
+            if names_t != names_c:
+                raise TableError(_diff_message("compression.passes (pass order)", names_t, names_c))
+            for (name, ct), (_, cc) in zip(t, c):
+                diff = _first_difference(ct, cc, f"compression.passes.{name}")
+                if diff:
+                    raise TableError(diff)
+        else:
+            diff = _first_difference(m["compression"], dict(run_cfg.compression), "compression")
+            if diff:
+                raise TableError(diff)
