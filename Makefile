@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+TORCH_PIP_ARGS ?=
 export MASE_LITE_DATA ?= $(abspath ../shared/data)
 
 .PHONY: run test install clean
@@ -9,8 +10,9 @@ export MASE_LITE_DATA ?= $(abspath ../shared/data)
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned: a bare `torch` would pull a multi-GB CUDA build on a CPU machine.
-	$(PY) -m pip install --quiet torch==2.13.0
+	# torch first, pinned. The pin does not pick the build: PyPI's Linux wheel is the CUDA one; on a
+	# CPU-only machine pass TORCH_PIP_ARGS="--index-url <PyTorch's CPU wheel index>" (see README).
+	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 

@@ -519,3 +519,18 @@ def check_vocab(tokenizer, model) -> None:
             f"tokenizer {name!r} has {n_tok} tokens but the model's embedding has only {n_emb} rows; "
             f"use a model with vocab_size >= {n_tok} or the matching tokenizer (data.tokenizer)"
         )
+
+
+def load_checked_splits(cfg: DataConfig, model, splits: Sequence[str] = ("train", "val", "test")) -> Splits:
+    """The one way to get data for a model: check ``cfg.max_length`` against its positions, load the
+    tokenizer, check its vocabulary against the model's embedding, then load the ``splits``.
+
+    ``model`` is an ``nn.Module``, a ``MaseGraph`` or a config (``ModelConfig``, an HF config) --
+    anything :func:`check_max_length` and :func:`check_vocab` read. Errors come before any
+    tokenising.
+    """
+    check_max_length(model, cfg.max_length)
+    tokenizer = load_tokenizer(cfg)
+    check_vocab(tokenizer, model)
+    return load_splits(cfg, tokenizer, splits)
+

@@ -40,8 +40,9 @@ The default recipe (:class:`TrainConfig` defaults) and why
     With the data defaults (:class:`mase_lite.data.DataConfig`: head+tail truncation to 128 tokens),
     bert-tiny (2 layers, hidden 128, 2 heads, intermediate 512) trained on the 25,000 IMDb training
     rows for one epoch (traced graph, model seed 0) took 53 s and reached 0.846 accuracy on 2,000
-    seeded test rows (2-core AMD EPYC Zen 4 with AVX512-BF16, idle; 159 GFLOP/s of useful matmul
-    work, 81 % of the fp32 1024x1024 matmul rate); the ``Trainer`` defaults took 135 s for 0.821.
+    seeded test rows (2-core AMD EPYC Zen 4 with AVX512-BF16, idle, bf16 autocast; 159 GFLOP/s of
+    useful matmul work, 0.81x that machine's fp32 1024x1024 matmul rate -- a yardstick, not the
+    peak of bf16, which is higher); the ``Trainer`` defaults took 135 s for 0.821.
     ``benchmarks/trial_throughput.py`` measures both.
 """
 

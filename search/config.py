@@ -281,6 +281,29 @@ def derived_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "big")
 
 
+#: Fingerprint sections -> the config class whose defaults a field missing from a stored study takes.
+_SECTION_DEFAULTS = {"train": TrainConfig, "finetune": TrainConfig, "data": DataConfig, "sampler_options": SamplerOptions}
+
+
+def fingerprint_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first difference that changes results between a stored study's fingerprint and this config's.
+
+    Semantic, not byte-for-byte: a field absent from the stored fingerprint (one added to the config
+    classes since the study was made) counts as its default, so adding a config field with a
+    default never invalidates a stored study; the fingerprint ``version`` is not compared.
+    """
+    stored = copy.deepcopy(stored)
+    current = {k: v for k, v in current.items() if k != "version"}
+    stored.pop("version", None)
+    for section, cls in _SECTION_DEFAULTS.items():
+        if isinstance(stored.get(section), dict) and isinstance(current.get(section), dict):
+            defaults = cls().to_dict()
+            for key, value in current[section].items():
+                if key not in stored[section] and key in defaults and defaults[key] == value:
+                    stored[section][key] = value
+    return first_difference(stored, current)
+
+
 def digest(d: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

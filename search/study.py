@@ -32,12 +32,12 @@ from typing import Any, Callable
 
 import optuna
 
-from mase_lite.errors import ConfigError
 
 from .objectives import OBJECTIVES, ObjectiveContext
 from .samplers import make_sampler
 from .space import SearchSpace
-from .config import RunConfig, SearchError, StudySpec, digest, first_difference, plan_studies, study_fingerprint
+from .config import (RunConfig, SearchError, StudySpec, digest, fingerprint_difference, plan_studies,
+                     study_fingerprint)
 from .storage import Budget, best_trials, default_storage_url, n_counted, open_storage, recover_interrupted, redact, study_names
 from .summary import format_summary, summarize, write_trials_csv
 
@@ -48,15 +48,9 @@ log = logging.getLogger(__name__)
 
 def load_data(cfg: RunConfig) -> Any:
     """Tokenised splits for the run, checked against the model's vocabulary and positions."""
-    from mase_lite.data import load_splits, load_tokenizer
+    from mase_lite.data import load_checked_splits
 
-    tokenizer = load_tokenizer(cfg.data)
-    if len(tokenizer) > cfg.model.vocab_size:
-        raise ConfigError(
-            f"tokenizer {cfg.data.tokenizer!r} has {len(tokenizer)} tokens but model.vocab_size = "
-            f"{cfg.model.vocab_size}; raise model.vocab_size"
-        )
-    return load_splits(cfg.data, tokenizer)
+    return load_checked_splits(cfg.data, cfg.model)
 
 
 # --------------------------------------------------------------------------- running
@@ -110,8 +104,8 @@ def prepare(cfg: RunConfig, run_dir: Path, storage_url: str | None, resume: bool
             if stored is None:
                 raise SearchError(f"study {spec.name!r} in {redact(url)} was not created by `mase-lite search`; "
                                   f"use another search.name")
-            if stored.get("digest") != digest(want):
-                diff = first_difference(stored.get("config", {}), want) or "unknown difference"
+            diff = fingerprint_difference(stored.get("config", {}), want)
+            if diff:
                 raise SearchError(
                     f"study {spec.name!r} in {redact(url)} was created with a different search space or setup "
                     f"({diff}); use another search.name (or --out / --storage) for this config"
@@ -201,7 +195,54 @@ def run_search(cfg: RunConfig, run_dir: str | Path | None = None, storage_url: s
         _, why = run_study(cfg, spec, storage, get_splits, run_dir, n_trials)
         if why:
             aborted[spec.name] = why
+    compress_after_nas(cfg, specs, storage, get_splits)
     return finish(storage, url, specs, run_dir, aborted)
+
+
+def compress_after_nas(cfg: RunConfig, specs: list[StudySpec], storage, get_splits: Callable[[], Any]) -> list[dict[str, Any]]:
+    """Lab 2's question 3 in a live run: compress (and fine-tune) the best graph of each ``baseline``
+    study whose run also has a ``compress`` / ``compress_finetune`` study of the same sampler and seed.
+
+    The best baseline graph (saved by the study) is loaded, put through the run's compression
+    pipeline and evaluated on the validation split; with a ``compress_finetune`` sibling it is then
+    fine-tuned with that study's fine-tune recipe and evaluated again. The result is stored as the
+    baseline study's user attribute ``compress_after_nas`` (computed once; a resumed run reuses it)
+    and shown in the summary beside the compression-aware bests. Returns the results.
+    """
+    from mase_lite.graph import MaseGraph
+
+    from .objectives import compress, train_and_eval
+
+    out = []
+    for spec in specs:
+        if spec.variant != "baseline" or len(spec.objectives) != 1:
+            continue
+        siblings = {s.variant: s.name for s in specs if s.sampler == spec.sampler and s.seed == spec.seed
+                    and s.variant in ("compress", "compress_finetune")}
+        if not siblings:
+            continue
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+        best = next((t for t in best_trials(study) if t.user_attrs.get("graph_dir")), None)
+        done = study.user_attrs.get("compress_after_nas")
+        if best is None or (done and done.get("trial") == best.number):
+            out.extend([done] if done else [])
+            continue
+        path = Path(best.user_attrs["graph_dir"])
+        if not path.is_dir():
+            log.warning("compress-after-NAS: the best graph of %s (%s) is gone; skipped", spec.name, path)
+            continue
+        splits = get_splits()
+        graph = compress(MaseGraph.load(path), cfg.compression)
+        record: dict[str, Any] = {"trial": best.number, "arch": best.user_attrs.get("arch"),
+                                  "accuracy_trained": best.user_attrs.get("accuracy_trained"),
+                                  "compared_with": siblings}
+        record["accuracy_compressed"] = train_and_eval(graph, splits, cfg.train, train=False)["accuracy"]
+        if "compress_finetune" in siblings:
+            record["accuracy_finetuned"] = train_and_eval(graph, splits, cfg.finetune_config(spec.seed))["accuracy"]
+        study.set_user_attr("compress_after_nas", record)
+        log.info("compress-after-NAS for %s: %s", spec.name, record)
+        out.append(record)
+    return out
 
 
 def finish(storage, url: str, specs: list[StudySpec], run_dir: Path, aborted: dict[str, str] | None = None) -> RunResult:

@@ -71,6 +71,8 @@ def summarize(storage, study_names: Iterable[str]) -> list[dict[str, Any]]:
             "directions": [d.name.lower() for d in study.directions],
             "trials": counts,
             "best": [_trial_row(t) for t in best],
+            **({"compress_after_nas": study.user_attrs["compress_after_nas"]}
+               if "compress_after_nas" in study.user_attrs else {}),
         })
     return out
 
@@ -110,7 +112,26 @@ def format_summary(summary: list[dict[str, Any]]) -> str:
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(lines + _format_compress_after_nas(summary))
+
+
+def _format_compress_after_nas(summary: list[dict[str, Any]]) -> list[str]:
+    """Compress-after-NAS (the best baseline graph, compressed afterwards) beside the compression-aware bests."""
+    best_of = {s["study"]: (s["best"][0]["accuracy"] if s["best"] else None) for s in summary}
+    lines = []
+    for s in summary:
+        r = s.get("compress_after_nas")
+        if not r:
+            continue
+        if not lines:
+            lines = ["", "compress-after-NAS (best baseline graph, compressed afterwards) vs compression-aware search:"]
+        parts = [f"  {s['study']} #{r['trial']} ({_arch_str(r.get('arch'))}): trained {_fmt(r.get('accuracy_trained'))}",
+                 f"compressed {_fmt(r.get('accuracy_compressed'))}"]
+        if "accuracy_finetuned" in r:
+            parts.append(f"fine-tuned {_fmt(r.get('accuracy_finetuned'))}")
+        aware = [f"{name} best {_fmt(best_of.get(name))}" for name in r.get("compared_with", {}).values()]
+        lines.append(", ".join(parts) + "; compression-aware: " + ", ".join(aware))
+    return lines
 
 
 def _compressed(cost: dict[str, Any]) -> Any:

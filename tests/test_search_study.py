@@ -349,3 +349,36 @@ def test_a_trial_tying_the_best_never_loses_the_saved_graph(fake_training, tmp_p
     monkeypatch.setattr(optuna.Study, "best_trial", property(lambda self: trials[-1]))
     study_mod.keep_best_graphs(study)
     assert (tmp_path / "run" / "t" / "graphs" / f"trial-{first.number:05d}").is_dir()
+
+
+def test_compress_after_nas_sits_beside_the_compression_aware_best(fake_training, tmp_path):
+    cfg = tiny_config(variants=["baseline", "compress_finetune"], n_trials=3)
+    result = run_search(cfg, tmp_path / "run")
+    base = next(s for s in result.summary if s["variant"] == "baseline")
+    r = base["compress_after_nas"]
+    best = base["best"][0]
+    assert r["trial"] == best["trial"] and r["accuracy_trained"] == best["accuracy_trained"]
+    # the fake: compression costs 0.1, fine-tuning a compressed graph gives 0.05 back (of the trained accuracy)
+    assert r["accuracy_compressed"] == pytest.approx(best["accuracy_trained"] - 0.1)
+    assert r["accuracy_finetuned"] == pytest.approx(best["accuracy_trained"] - 0.05)
+    assert r["compared_with"] == {"compress_finetune": "t-compress_finetune"}
+    text = (tmp_path / "run" / "summary.txt").read_text()
+    assert "compress-after-NAS" in text and "t-compress_finetune best" in text
+    # a resumed run reuses the stored result instead of compressing again
+    n_calls = len(fake_training.calls)
+    run_search(cfg, tmp_path / "run", resume=True)
+    assert len(fake_training.calls) == n_calls
+
+
+def test_resume_ignores_a_config_field_added_with_its_default(fake_training, tmp_path):
+    cfg = tiny_config(n_trials=1)
+    result = run_search(cfg, tmp_path / "run")
+    study = optuna.load_study(study_name="t", storage=optuna.storages.RDBStorage(result.storage_url))
+    fp = study.user_attrs["fingerprint"]
+    del fp["config"]["train"]["bucket_batches"]  # as if the study predates that field
+    fp["config"]["version"] = 1
+    study.set_user_attr("fingerprint", fp)
+    run_search(cfg, tmp_path / "run", resume=True, n_trials=2)  # accepted: the field has its default
+    cfg.train.bucket_batches = 7
+    with pytest.raises(SearchError, match=r"train.bucket_batches: \(absent\) in the stored study, 7 in this config"):
+        run_search(cfg, tmp_path / "run", resume=True, n_trials=3)

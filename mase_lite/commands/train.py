@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_toml
-from ..data import DataConfig, Splits, check_max_length, check_vocab, load_splits, load_tokenizer
+from ..data import DataConfig, Splits, load_checked_splits
 from ..errors import ConfigError
 from ..training import EvalResult, TrainConfig, TrainResult, evaluate, train
 from .common import add_model_args
@@ -144,12 +144,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- logic on built objects
 
 
-def prepare_data(model, data_cfg: DataConfig, splits: tuple[str, ...] = SPLITS) -> tuple[Any, Splits]:
-    """Tokenizer and splits for ``model``, after checking max_length and vocabulary against it."""
-    check_max_length(model, data_cfg.max_length)
-    tokenizer = load_tokenizer(data_cfg)
-    check_vocab(tokenizer, model)
-    return tokenizer, load_splits(data_cfg, tokenizer, splits)
+def prepare_data(model, data_cfg: DataConfig, splits: tuple[str, ...] = SPLITS) -> Splits:
+    """Splits for ``model``, after checking max_length and vocabulary against it."""
+    return load_checked_splits(data_cfg, model, splits)
 
 
 def train_model(model, splits: Splits, train_cfg: TrainConfig, eval_split: str = "val") -> dict[str, Any]:
@@ -207,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     train_cfg = train_config_from_args(args)
     model = _build_model(args)
     needed = ("train",) if args.eval_split == "none" else ("train", args.eval_split)
-    _, splits = prepare_data(model, data_cfg, needed)
+    splits = prepare_data(model, data_cfg, needed)
     graph = _to_graph(model)
     summary = train_model(graph, splits, train_cfg, args.eval_split)
     if args.out:
@@ -223,7 +220,7 @@ def run_eval(args: argparse.Namespace) -> int:
     base = json.loads(record.read_text()).get("data", {}) if record.is_file() else {}
     data_cfg = data_config_from_args(args, base)
     graph = _load_graph(args.graph)
-    _, splits = prepare_data(graph, data_cfg, (args.split,))
+    splits = prepare_data(graph, data_cfg, (args.split,))
     result = evaluate_model(graph, splits, args.split, batch_size=args.batch_size, precision=args.precision,
                             num_threads=args.threads, progress=args.progress)
     _print({args.split: result.__dict__}, args.json)

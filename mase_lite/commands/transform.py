@@ -143,12 +143,9 @@ def run(args: argparse.Namespace) -> int:
     splits = None
     evaluate_now = cfg.data is not None and not args.no_eval
     if evaluate_now:  # data problems surface before the passes run
-        from ..data import check_max_length, check_vocab, load_splits, load_tokenizer
+        from ..data import load_checked_splits
 
-        tokenizer = load_tokenizer(cfg.data)
-        check_vocab(tokenizer, model)
-        check_max_length(model, cfg.data.max_length)
-        splits = load_splits(cfg.data, tokenizer)
+        splits = load_checked_splits(cfg.data, model)
 
     graph = trace(model, example_inputs(model))
     graph, infos = run_pipeline(graph, {"passes": cfg.passes})

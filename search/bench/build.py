@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from ..config import RunConfig, SearchError, StudySpec, digest, first_difference, study_fingerprint
+from ..config import RunConfig, SearchError, StudySpec, digest, fingerprint_difference, study_fingerprint
 from ..objectives import CompressFinetuneObjective, ObjectiveContext
 from ..space import SearchSpace
 from ..storage import Budget, default_storage_url, n_counted, open_storage, recover_interrupted, redact
@@ -113,8 +113,8 @@ def build_table(cfg: RunConfig, out: str | Path, seeds: Sequence[int] = (0, 1, 2
     stored = study.user_attrs.get("fingerprint")
     if stored is None:
         study.set_user_attr("fingerprint", {"digest": digest(fp), "config": fp})
-    elif stored.get("digest") != digest(fp):
-        diff = first_difference(stored.get("config", {}), fp) or "unknown difference"
+    elif fingerprint_difference(stored.get("config", {}), fp):
+        diff = fingerprint_difference(stored.get("config", {}), fp)
         raise SearchError(f"the table study {spec.name!r} in {redact(url)} was started with another setup ({diff}); "
                           f"use another --out, --storage or search.name")
     recover_interrupted(study)
