@@ -17,8 +17,8 @@ saved. A trial whose model cannot be built is pruned (``prune_reason``); one tha
 loss) records ``fail_reason`` and re-raises, so Optuna marks it FAIL and the study goes on (the
 runner passes ``catch=(Exception,)``); Ctrl-C marks it ``interrupted``.
 
-:func:`train_and_eval`, :func:`build_graph` and :func:`measure_cost` are module-level so tests can
-replace them.
+Each step (build, identity, train and evaluate, compress, cost) is a method of the context's
+:class:`search.lifecycle.Lifecycle`; tests pass one with a fake trainer.
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Iterator
 
 import optuna
 
 from mase_lite.errors import MaseError
-from mase_lite.graph import MaseGraph, trace
-from mase_lite.models import ModelConfig, build_model, example_inputs
+from mase_lite.graph import MaseGraph
 from mase_lite.machine import machine_info
 from mase_lite.training import TrainConfig, resolve_precision
 
+from .lifecycle import Lifecycle, default_lifecycle
 from .space import InvalidArchitecture, SearchSpace, describe_graph
 
 log = logging.getLogger(__name__)
@@ -57,72 +57,7 @@ class ArchitectureMismatch(MaseError):
     """The traced graph does not have the architecture the trial sampled."""
 
 
-# --------------------------------------------------------------------------- replaceable steps
-
-
-def build_graph(config: ModelConfig, attn_implementation: str | None = "eager") -> MaseGraph:
-    """A freshly initialised (``config.seed``) model traced into a MaseGraph.
-
-    Attention is traced as ``eager`` (explicit matmuls and softmax) by default: the training recipe
-    runs in bf16 where the CPU supports it, and HF's ``sdpa`` attention has a slow bf16 backward on CPU
-    (about 3x slower trials on tiny BERTs).
-    """
-    if attn_implementation:
-        config = config.replace(attn_implementation=attn_implementation)
-    model = build_model(config)
-    return trace(model.eval(), example_inputs(model))
-
-
-def train_and_eval(graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool = True) -> dict[str, float]:
-    """Train ``graph`` in place with the recipe ``cfg`` (unless ``train`` is False), then evaluate it on
-    ``splits.val`` (with ``cfg``'s precision, batch size and threads).
-
-    Returns ``accuracy``, ``loss`` and the ``train_s`` / ``eval_s`` timings (plus ``train_loss``
-    when it trained).
-    """
-    from mase_lite.training import evaluate
-    from mase_lite.training import train as run_training
-
-    out: dict[str, float] = {}
-    pad_id = getattr(splits, "pad_id", 0)
-    if train:
-        t0 = time.perf_counter()
-        res = run_training(graph, splits.train, cfg, pad_id=pad_id)
-        out["train_s"] = time.perf_counter() - t0
-        out["train_loss"] = float(res.final_loss)
-    t0 = time.perf_counter()
-    ev = evaluate(graph, splits.val, batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                  num_threads=cfg.num_threads, pad_id=pad_id)
-    out["eval_s"] = time.perf_counter() - t0
-    out["accuracy"] = float(ev.accuracy)
-    out["loss"] = float(ev.loss)
-    return out
-
-
-def apply_identity(graph: MaseGraph, module_paths: Sequence[str]) -> MaseGraph:
-    """Replace the linear nodes of ``module_paths`` with identities."""
-    if not module_paths:
-        return graph
-    from passes import run_pass
-
-    graph, _ = run_pass(graph, "replace_linear_with_identity", {"module_paths": list(module_paths)})
-    return graph
-
-
-def compress(graph: MaseGraph, pipeline: dict[str, Any]) -> MaseGraph:
-    """Run the compression pipeline (``{"passes": ...}``) on ``graph``."""
-    from passes import run_pipeline
-
-    graph, _ = run_pipeline(graph, pipeline)
-    return graph
-
-
-def measure_cost(graph: MaseGraph) -> dict[str, Any]:
-    """The ``cost`` pass's figures for ``graph`` (its scalar totals)."""
-    from passes import run_pass
-
-    _, info = run_pass(graph, "cost", {})
-    return {k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+# --------------------------------------------------------------------------- cost
 
 
 def compressed_size(cost: dict[str, Any]) -> float:
@@ -189,6 +124,7 @@ class ObjectiveContext:
     objectives: list[str]
     seed: int
     graph_dir: Path | None = None
+    lifecycle: Lifecycle = dataclasses.field(default_factory=default_lifecycle)
 
 
 class BaseObjective(abc.ABC):
@@ -211,11 +147,11 @@ class BaseObjective(abc.ABC):
         try:
             graph = self.build(trial, rec)
             rec.flush()
-            metrics = train_and_eval(graph, self.ctx.splits, self.ctx.train)
+            metrics = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, self.ctx.train)
             self._record_eval(rec, "trained", metrics)
             graph = self.run_variant(graph, rec)
             with rec.phase("cost"):
-                cost = measure_cost(graph)
+                cost = self.ctx.lifecycle.cost(graph)
             rec.set("cost", cost)
             values = self._values(rec, cost)
             if self.ctx.graph_dir is not None and _improves(trial, values):
@@ -255,12 +191,12 @@ class BaseObjective(abc.ABC):
             config = config.replace(seed=self.ctx.seed, **_dropout_fields(self.ctx.train, self.finetunes and self.ctx.finetune))
             arch = {name: getattr(config, name) for name in space.model.choices}
             rec.set("arch", arch)
-            graph = build_graph(config)
+            graph = self.ctx.lifecycle.build(config)
         identity: list[str] = []
         if space.nodes is not None:
             with rec.phase("identity"):
                 identity = space.nodes.suggest(trial, graph)
-                graph = apply_identity(graph, identity)
+                graph = self.ctx.lifecycle.identity(graph, identity)
         arch = {**arch, "identity": identity, "n_identity": len(identity)}
         rec.set("arch", arch)
         check_architecture(graph, arch)
@@ -312,8 +248,8 @@ class CompressObjective(BaseObjective):
 
     def run_variant(self, graph: MaseGraph, rec: TrialRecord) -> MaseGraph:
         with rec.phase("compress"):
-            graph = compress(graph, self.ctx.compression)
-        metrics = train_and_eval(graph, self.ctx.splits, self.ctx.train, train=False)
+            graph = self.ctx.lifecycle.compress(graph, self.ctx.compression)
+        metrics = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, self.ctx.train, train=False)
         self._record_eval(rec, "compressed", metrics)
         return graph
 
@@ -326,7 +262,7 @@ class CompressFinetuneObjective(CompressObjective):
 
     def run_variant(self, graph: MaseGraph, rec: TrialRecord) -> MaseGraph:
         graph = super().run_variant(graph, rec)
-        metrics = train_and_eval(graph, self.ctx.splits, self.ctx.finetune)
+        metrics = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, self.ctx.finetune)
         self._record_eval(rec, "finetuned", metrics)
         return graph
 

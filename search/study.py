@@ -33,6 +33,7 @@ from typing import Any, Callable
 import optuna
 
 
+from .lifecycle import Lifecycle, default_lifecycle
 from .objectives import OBJECTIVES, ObjectiveContext
 from .samplers import make_sampler
 from .space import SearchSpace
@@ -46,11 +47,9 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- data
 
 
-def load_data(cfg: RunConfig) -> Any:
+def load_data(cfg: RunConfig, lifecycle: Lifecycle | None = None) -> Any:
     """Tokenised splits for the run, checked against the model's vocabulary and positions."""
-    from mase_lite.data import load_checked_splits
-
-    return load_checked_splits(cfg.data, cfg.model)
+    return (lifecycle or default_lifecycle()).load_data(cfg.data, cfg.model)
 
 
 # --------------------------------------------------------------------------- running
@@ -114,7 +113,8 @@ def prepare(cfg: RunConfig, run_dir: Path, storage_url: str | None, resume: bool
 
 
 def run_study(cfg: RunConfig, spec: StudySpec, storage: optuna.storages.BaseStorage, get_splits: Callable[[], Any],
-              run_dir: Path, n_trials: int | None = None) -> tuple[optuna.Study, str | None]:
+              run_dir: Path, n_trials: int | None = None, lifecycle: Lifecycle | None = None
+              ) -> tuple[optuna.Study, str | None]:
     """Create or continue one study and run trials until its budget is used (or the grid is done).
 
     ``get_splits()`` gives the data; it is only called when there are trials to run.
@@ -145,6 +145,7 @@ def run_study(cfg: RunConfig, spec: StudySpec, storage: optuna.storages.BaseStor
     ctx = ObjectiveContext(
         space=space, splits=get_splits(), train=cfg.train.replace(seed=spec.seed), finetune=cfg.finetune_config(spec.seed),
         compression=cfg.compression, objectives=spec.objectives, seed=spec.seed, graph_dir=graph_dir,
+        lifecycle=lifecycle or default_lifecycle(),
     )
     objective = OBJECTIVES[spec.variant](ctx)
     with tqdm(total=budget, initial=done, desc=spec.name, unit="trial", dynamic_ncols=True) as bar:
@@ -176,8 +177,12 @@ def keep_best_graphs(study: optuna.Study) -> list[str]:
 
 
 def run_search(cfg: RunConfig, run_dir: str | Path | None = None, storage_url: str | None = None,
-               resume: bool = False, n_trials: int | None = None) -> RunResult:
-    """Run every study of ``cfg``; write the summary, trial table and figures into the run folder."""
+               resume: bool = False, n_trials: int | None = None, lifecycle: Lifecycle | None = None) -> RunResult:
+    """Run every study of ``cfg``; write the summary, trial table and figures into the run folder.
+
+    ``lifecycle`` builds, trains and evaluates (default: :func:`search.lifecycle.default_lifecycle`).
+    """
+    lifecycle = lifecycle or default_lifecycle()
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / cfg.search.name
     _quiet_optuna()
     storage, url, specs = prepare(cfg, run_dir, storage_url, resume)
@@ -187,19 +192,20 @@ def run_search(cfg: RunConfig, run_dir: str | Path | None = None, storage_url: s
 
     def get_splits() -> Any:  # loaded once, and only if some study has trials left
         if not data:
-            data.append(load_data(cfg))
+            data.append(load_data(cfg, lifecycle))
         return data[0]
 
     aborted = {}
     for spec in specs:
-        _, why = run_study(cfg, spec, storage, get_splits, run_dir, n_trials)
+        _, why = run_study(cfg, spec, storage, get_splits, run_dir, n_trials, lifecycle)
         if why:
             aborted[spec.name] = why
-    compress_after_nas(cfg, specs, storage, get_splits)
+    compress_after_nas(cfg, specs, storage, get_splits, lifecycle)
     return finish(storage, url, specs, run_dir, aborted)
 
 
-def compress_after_nas(cfg: RunConfig, specs: list[StudySpec], storage, get_splits: Callable[[], Any]) -> list[dict[str, Any]]:
+def compress_after_nas(cfg: RunConfig, specs: list[StudySpec], storage, get_splits: Callable[[], Any],
+                       lifecycle: Lifecycle | None = None) -> list[dict[str, Any]]:
     """Lab 2's question 3 in a live run: compress (and fine-tune) the best graph of each ``baseline``
     study whose run also has a ``compress`` / ``compress_finetune`` study of the same sampler and seed.
 
@@ -209,10 +215,7 @@ def compress_after_nas(cfg: RunConfig, specs: list[StudySpec], storage, get_spli
     baseline study's user attribute ``compress_after_nas`` (computed once; a resumed run reuses it)
     and shown in the summary beside the compression-aware bests. Returns the results.
     """
-    from mase_lite.graph import MaseGraph
-
-    from .objectives import compress, train_and_eval
-
+    lc = lifecycle or default_lifecycle()
     out = []
     for spec in specs:
         if spec.variant != "baseline" or len(spec.objectives) != 1:
@@ -232,13 +235,13 @@ def compress_after_nas(cfg: RunConfig, specs: list[StudySpec], storage, get_spli
             log.warning("compress-after-NAS: the best graph of %s (%s) is gone; skipped", spec.name, path)
             continue
         splits = get_splits()
-        graph = compress(MaseGraph.load(path), cfg.compression)
+        graph = lc.compress(lc.load(path), cfg.compression)
         record: dict[str, Any] = {"trial": best.number, "arch": best.user_attrs.get("arch"),
                                   "accuracy_trained": best.user_attrs.get("accuracy_trained"),
                                   "compared_with": siblings}
-        record["accuracy_compressed"] = train_and_eval(graph, splits, cfg.train, train=False)["accuracy"]
+        record["accuracy_compressed"] = lc.train_and_eval(graph, splits, cfg.train, train=False)["accuracy"]
         if "compress_finetune" in siblings:
-            record["accuracy_finetuned"] = train_and_eval(graph, splits, cfg.finetune_config(spec.seed))["accuracy"]
+            record["accuracy_finetuned"] = lc.train_and_eval(graph, splits, cfg.finetune_config(spec.seed))["accuracy"]
         study.set_user_attr("compress_after_nas", record)
         log.info("compress-after-NAS for %s: %s", spec.name, record)
         out.append(record)

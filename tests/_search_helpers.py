@@ -1,4 +1,4 @@
-"""Helpers shared by the search tests: fake training, cached tracing (also used by subprocess workers)."""
+"""Helpers shared by the search tests: a fake trainer and a cached-tracing lifecycle (also used by subprocess workers)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import functools
 import json
 import zlib
 
-import search.objectives as objectives
 from mase_lite.graph import MaseGraph
 from mase_lite.models import ModelConfig
 from mase_lite.training import TrainingDivergedError
+from search.lifecycle import Lifecycle, Trainer
 from search.space import describe_graph
 
 
-class FakeTraining:
-    """Stands in for :func:`search.objectives.train_and_eval`: a deterministic accuracy per graph.
+class FakeTraining(Trainer):
+    """A fake :class:`search.lifecycle.Trainer`: a deterministic accuracy per graph, no training.
 
     The accuracy depends on the architecture (layers, heads, sizes, remaining linear nodes);
     compression costs 0.1 and fine-tuning gives 0.05 back. ``fail_hidden``: training
@@ -25,7 +25,7 @@ class FakeTraining:
         self.calls: list[tuple] = []
         self.fail_hidden: int | None = None
 
-    def __call__(self, graph, splits, cfg, train=True):
+    def train_and_eval(self, graph, splits, cfg, train=True):
         arch = describe_graph(graph)
         key = (arch["num_hidden_layers"], arch["num_attention_heads"], arch["hidden_size"],
                arch["intermediate_size"], len(arch["linear_paths"]))
@@ -42,14 +42,22 @@ class FakeTraining:
         return out
 
 
-_REAL_BUILD = objectives.build_graph
+class FakeLifecycle(Lifecycle):
+    """A :class:`Lifecycle` that loads no data (its fake trainer needs none) and traces each model
+    config once per process (a fresh copy per build)."""
+
+    def load_data(self, data_cfg, model, splits=("train", "val", "test")):
+        return None
+
+    def build(self, config: ModelConfig) -> MaseGraph:
+        return _traced(json.dumps(config.to_dict(), sort_keys=True), self.attn_implementation).copy()
 
 
 @functools.lru_cache(maxsize=None)
-def _traced(config_json: str) -> MaseGraph:
-    return _REAL_BUILD(ModelConfig.from_dict(json.loads(config_json)))
+def _traced(config_json: str, attn: str | None) -> MaseGraph:
+    return Lifecycle(attn_implementation=attn).build(ModelConfig.from_dict(json.loads(config_json)))
 
 
-def cached_build_graph(config: ModelConfig) -> MaseGraph:
-    """:func:`search.objectives.build_graph`, traced once per config in this process (a fresh copy each call)."""
-    return _traced(json.dumps(config.to_dict(), sort_keys=True)).copy()
+def fake_lifecycle(fake: FakeTraining | None = None) -> FakeLifecycle:
+    """A :class:`FakeLifecycle` whose trainer is ``fake`` (a new :class:`FakeTraining` by default)."""
+    return FakeLifecycle(trainer=fake or FakeTraining())

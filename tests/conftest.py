@@ -144,15 +144,18 @@ def inputs():
 
 
 @pytest.fixture
-def fake_training(monkeypatch):
-    """Search without training: :class:`_search_helpers.FakeTraining` instead of
-    ``train_and_eval``, no data loading, and traced graphs cached per model config (copied per trial)."""
-    import search.objectives as objectives
-    import search.study as study_mod
-    from _search_helpers import FakeTraining, cached_build_graph
+def fake_training():
+    """Search without training: the default lifecycle (:func:`search.lifecycle.set_default_lifecycle`)
+    is one whose trainer is a :class:`_search_helpers.FakeTraining` and which traces each model config
+    once (copied per trial). Returns the fake; ``fake.lifecycle`` is the lifecycle."""
+    from _search_helpers import FakeTraining, fake_lifecycle
+
+    from search.lifecycle import set_default_lifecycle
 
     fake = FakeTraining()
-    monkeypatch.setattr(objectives, "build_graph", cached_build_graph)
-    monkeypatch.setattr(objectives, "train_and_eval", fake)
-    monkeypatch.setattr(study_mod, "load_data", lambda cfg: None)
-    return fake
+    fake.lifecycle = fake_lifecycle(fake)
+    previous = set_default_lifecycle(fake.lifecycle)
+    try:
+        yield fake
+    finally:
+        set_default_lifecycle(previous)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import search.objectives as objectives
 from mase_lite.cli import main
 from search.bench.build import build_table
 from search.bench.table import BenchTable, TABLE_COLUMNS
@@ -21,8 +20,8 @@ def bench_config(**search) -> RunConfig:
 
 def test_build_writes_every_buildable_architecture_once_per_seed(fake_training, tmp_path, monkeypatch):
     seeds_built = []
-    real = objectives.build_graph
-    monkeypatch.setattr(objectives, "build_graph", lambda c: (seeds_built.append(c.seed), real(c))[1])
+    real = fake_training.lifecycle.build
+    monkeypatch.setattr(fake_training.lifecycle, "build", lambda c: (seeds_built.append(c.seed), real(c))[1])
     result = build_table(bench_config(), tmp_path / "t", seeds=[0, 5])
     # space: hidden 8/12 x heads 2/3 -> (8, 3) cannot be built: 3 architectures x 2 seeds
     assert (result.rows_done, result.rows_total) == (6, 6) and result.table is not None
@@ -42,7 +41,7 @@ def test_build_writes_every_buildable_architecture_once_per_seed(fake_training, 
 
 def test_killed_build_resumes_without_losing_a_row(fake_training, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = objectives.train_and_eval
+    real = fake_training.train_and_eval
 
     def dies_on_the_fourth_row(graph, splits, cfg, train=True):
         if train and not graph.history:
@@ -51,7 +50,7 @@ def test_killed_build_resumes_without_losing_a_row(fake_training, tmp_path, monk
                 raise KeyboardInterrupt
         return real(graph, splits, cfg, train)
 
-    monkeypatch.setattr(objectives, "train_and_eval", dies_on_the_fourth_row)
+    monkeypatch.setattr(fake_training, "train_and_eval", dies_on_the_fourth_row)
     with pytest.raises(KeyboardInterrupt):
         build_table(bench_config(), tmp_path / "t", seeds=[0, 1])
     assert not (tmp_path / "t" / "table.csv").exists()

@@ -26,23 +26,20 @@ WORKER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {tests!r})
     import _search_helpers as helpers
-    import search.objectives as objectives
-    import search.study as study
+    from search.lifecycle import set_default_lifecycle
 
-    fake = helpers.FakeTraining()
     block_at = int(os.environ["BLOCK_AT"])
 
-    def train_and_eval(graph, splits, cfg, train=True):
-        time.sleep(float(os.environ.get("TRIAL_SLEEP", "0")))
-        if train and sum(c[2] for c in fake.calls) + 1 == block_at:
-            with open(os.environ["MARKER"], "w") as fh:
-                fh.write(str(os.getpid()))
-            time.sleep(3600)
-        return fake(graph, splits, cfg, train)
+    class Blocking(helpers.FakeTraining):
+        def train_and_eval(self, graph, splits, cfg, train=True):
+            time.sleep(float(os.environ.get("TRIAL_SLEEP", "0")))
+            if train and sum(c[2] for c in self.calls) + 1 == block_at:
+                with open(os.environ["MARKER"], "w") as fh:
+                    fh.write(str(os.getpid()))
+                time.sleep(3600)
+            return super().train_and_eval(graph, splits, cfg, train)
 
-    objectives.train_and_eval = train_and_eval
-    objectives.build_graph = helpers.cached_build_graph
-    study.load_data = lambda cfg: None
+    set_default_lifecycle(helpers.fake_lifecycle(Blocking()))
     from mase_lite.cli import main
     sys.exit(main(sys.argv[1:]))
 """).format(tests=str(TESTS))

@@ -1,4 +1,4 @@
-"""Study mechanics with a fake ``train_and_eval`` (real models, graphs and passes; no training).
+"""Study mechanics with a fake trainer (real models, graphs and passes; no training).
 
 Grid exhaustion, failures, budgets, resume rules, fingerprints, storage errors, user attributes,
 multi-objective studies, reproducibility and saved graphs.
@@ -13,7 +13,6 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import search.objectives as objectives
 import search.study as study_mod
 from mase_lite.errors import ConfigError
 from mase_lite.graph import MaseGraph
@@ -234,17 +233,17 @@ def test_run_folder_contents(fake_training, tmp_path):
 
 def test_ctrl_c_marks_the_trial_interrupted_and_resume_reruns_it(fake_training, tmp_path, monkeypatch):
     cfg = tiny_config(n_trials=3, samplers=["tpe"])
-    real = objectives.train_and_eval
+    real = fake_training.train_and_eval
 
     def interrupt_second(graph, splits, c, train=True):
         if train and sum(call[2] for call in fake_training.calls) == 1:
             raise KeyboardInterrupt
         return real(graph, splits, c, train)
 
-    monkeypatch.setattr(objectives, "train_and_eval", interrupt_second)
+    monkeypatch.setattr(fake_training, "train_and_eval", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         run_search(cfg, tmp_path / "run")
-    monkeypatch.setattr(objectives, "train_and_eval", real)
+    monkeypatch.setattr(fake_training, "train_and_eval", real)
     result = run_search(cfg, tmp_path / "run", resume=True)
     trials = trials_of(result)
     (stopped,) = [t for t in trials if t.state == TrialState.FAIL]
@@ -269,18 +268,16 @@ def test_finetune_seed_is_its_own_and_recorded(fake_training, tmp_path):
     cfg.finetune = {"seed": 7}
     assert cfg.finetune_config(spec.seed).seed == 7 == study_fingerprint(cfg, spec)["finetune"]["seed"]
     seen = []
-    monkey_ctx = objectives.ObjectiveContext.__init__
+    real = fake_training.train_and_eval
 
-    def spy(self, *a, **k):
-        monkey_ctx(self, *a, **k)
-        seen.append((self.train.seed, self.finetune.seed))
+    def spy(graph, splits, c, train=True):
+        if train:
+            seen.append(c.seed)
+        return real(graph, splits, c, train)
 
-    objectives.ObjectiveContext.__init__ = spy
-    try:
-        run_search(cfg, tmp_path / "run")
-    finally:
-        objectives.ObjectiveContext.__init__ = monkey_ctx
-    assert seen == [(4, 7)]
+    fake_training.train_and_eval = spy
+    run_search(cfg, tmp_path / "run")
+    assert seen == [4, 7]  # training epoch, then the fine-tune epoch with its own seed
 
 
 def test_finetune_table_without_a_finetuning_variant_is_refused():
@@ -288,23 +285,20 @@ def test_finetune_table_without_a_finetuning_variant_is_refused():
         RunConfig.from_dict({"search": {"variants": ["compress"]}, "finetune": {"lr": 1e-4}})
 
 
-def test_finetune_dropout_is_built_into_the_model(fake_training, tmp_path):
+def test_finetune_dropout_is_built_into_the_model(fake_training, tmp_path, monkeypatch):
     built = []
-    real = objectives.build_graph
+    real = fake_training.lifecycle.build
 
     def spy(config):
         built.append(config.hidden_dropout_prob)
         return real(config)
 
-    objectives.build_graph = spy
-    try:
-        cfg = tiny_config(variants=["compress_finetune"], n_trials=1)
-        cfg.finetune = {"dropout": True}
-        run_search(cfg, tmp_path / "a")
-        cfg = tiny_config(variants=["compress_finetune"], n_trials=1, name="b")
-        run_search(cfg, tmp_path / "b")
-    finally:
-        objectives.build_graph = real
+    monkeypatch.setattr(fake_training.lifecycle, "build", spy)
+    cfg = tiny_config(variants=["compress_finetune"], n_trials=1)
+    cfg.finetune = {"dropout": True}
+    run_search(cfg, tmp_path / "a")
+    cfg = tiny_config(variants=["compress_finetune"], n_trials=1, name="b")
+    run_search(cfg, tmp_path / "b")
     assert built[0] > 0 and built[1] == 0.0
 
 
@@ -333,7 +327,7 @@ def test_fingerprint_and_trials_record_the_resolved_precision(fake_training, tmp
 def test_a_trial_tying_the_best_never_loses_the_saved_graph(fake_training, tmp_path, monkeypatch):
     from search.storage import best_trials
 
-    monkeypatch.setattr(objectives, "train_and_eval",
+    monkeypatch.setattr(fake_training, "train_and_eval",
                         lambda graph, splits, cfg, train=True: {"accuracy": 0.75, "loss": 0.5, "eval_s": 0.0})
     cfg = tiny_config(samplers=["random"], n_trials=4)
     result = run_search(cfg, tmp_path / "run")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_toml
-from ..data import DataConfig, Splits, load_checked_splits
+from ..data import DataConfig, Splits
 from ..errors import ConfigError
 from ..training import EvalResult, TrainConfig, TrainResult, evaluate, train
 from .common import add_model_args
@@ -145,8 +145,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def prepare_data(model, data_cfg: DataConfig, splits: tuple[str, ...] = SPLITS) -> Splits:
-    """Splits for ``model``, after checking max_length and vocabulary against it."""
-    return load_checked_splits(data_cfg, model, splits)
+    """Splits for ``model``, after checking max_length and vocabulary against it (the lifecycle's step)."""
+    from search.lifecycle import default_lifecycle
+
+    return default_lifecycle().load_data(data_cfg, model, splits)
 
 
 def train_model(model, splits: Splits, train_cfg: TrainConfig, eval_split: str = "val") -> dict[str, Any]:

@@ -143,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
     splits = None
     evaluate_now = cfg.data is not None and not args.no_eval
     if evaluate_now:  # data problems surface before the passes run
-        from ..data import load_checked_splits
+        from search.lifecycle import default_lifecycle
 
-        splits = load_checked_splits(cfg.data, model)
+        splits = default_lifecycle().load_data(cfg.data, model)
 
     graph = trace(model, example_inputs(model))
     graph, infos = run_pipeline(graph, {"passes": cfg.passes})

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..config import RunConfig, SearchError, StudySpec, digest, fingerprint_difference, study_fingerprint
+from ..lifecycle import Lifecycle, default_lifecycle
 from ..objectives import CompressFinetuneObjective, ObjectiveContext
 from ..space import SearchSpace
 from ..storage import Budget, default_storage_url, n_counted, open_storage, recover_interrupted, redact
@@ -84,11 +85,11 @@ def _buildable(cfg: RunConfig) -> list[dict[str, int]]:
 
 
 def build_table(cfg: RunConfig, out: str | Path, seeds: Sequence[int] = (0, 1, 2), *, storage_url: str | None = None,
-                get_splits: Callable[[], Any] | None = None, command: str = "") -> BuildResult:
+                lifecycle: Lifecycle | None = None, command: str = "") -> BuildResult:
     """Train the missing rows of the table of ``cfg``'s space into ``out`` (resumable; see the module doc).
 
-    ``get_splits`` gives the data (default: :func:`search.study.load_data` of ``cfg``); it is only
-    called when rows are missing. Returns how many rows are done; ``table`` is set once all are.
+    ``lifecycle`` builds, trains and evaluates (default: :func:`search.lifecycle.default_lifecycle`);
+    the data are only loaded when rows are missing. Returns how many rows are done; ``table`` is set once all are.
     """
     from tqdm.auto import tqdm
 
@@ -119,9 +120,10 @@ def build_table(cfg: RunConfig, out: str | Path, seeds: Sequence[int] = (0, 1, 2
                           f"use another --out, --storage or search.name")
     recover_interrupted(study)
     if n_counted(study) < total:
-        ctx = ObjectiveContext(space=space, splits=(get_splits or (lambda: load_data(cfg)))(), train=cfg.train,
+        lifecycle = lifecycle or default_lifecycle()
+        ctx = ObjectiveContext(space=space, splits=load_data(cfg, lifecycle), train=cfg.train,
                                finetune=cfg.finetune_config(), compression=cfg.compression,
-                               objectives=["accuracy"], seed=0, graph_dir=None)
+                               objectives=["accuracy"], seed=0, graph_dir=None, lifecycle=lifecycle)
         objective = TableObjective(ctx, seeds, cfg.finetune_config)
         with tqdm(total=total, initial=n_counted(study), desc=spec.name, unit="row", dynamic_ncols=True) as bar:
             cb = Budget(total, cfg.search.max_failures_in_a_row, bar)

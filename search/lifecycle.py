@@ -1,0 +1,141 @@
+"""One experiment lifecycle: build or load a model, check it against the data, train, compress,
+fine-tune, evaluate, measure.
+
+Search trials (:mod:`search.objectives`), compress-after-NAS (:mod:`search.study`), benchmark
+tables (:mod:`search.bench.build`) and the ``train`` / ``transform`` commands go through a
+:class:`Lifecycle`, so every place builds, checks, trains and evaluates a model the same way. What
+trains and evaluates is a :class:`Trainer` (default: :class:`RecipeTrainer`, mase-lite's recipe);
+tests pass a fake one (``Lifecycle(trainer=...)``) instead of patching functions.
+
+It runs passes, so it sits above ``passes`` (``mase_lite`` <- ``passes`` <- ``search``).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from mase_lite.graph import MaseGraph, trace
+from mase_lite.models import ModelConfig, build_model, example_inputs
+from mase_lite.training import TrainConfig
+
+__all__ = ["Lifecycle", "RecipeTrainer", "Trainer", "default_lifecycle", "set_default_lifecycle"]
+
+
+class Trainer(abc.ABC):
+    """How a graph is trained and scored.
+
+    Contract of :meth:`train_and_eval`: train ``graph`` in place with the recipe ``cfg`` on
+    ``splits.train`` unless ``train`` is False, then evaluate it on ``splits.val`` (with ``cfg``'s
+    precision, batch size and threads). Return ``accuracy``, ``loss`` and ``eval_s``, plus
+    ``train_s`` and ``train_loss`` when it trained. Raise (e.g.
+    :class:`mase_lite.training.TrainingDivergedError`) when training fails.
+    """
+
+    @abc.abstractmethod
+    def train_and_eval(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool = True) -> dict[str, float]:
+        """Train (optionally), then evaluate on the validation split; see the class docstring."""
+
+
+class RecipeTrainer(Trainer):
+    """:func:`mase_lite.training.train` then :func:`mase_lite.training.evaluate`."""
+
+    def train_and_eval(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool = True) -> dict[str, float]:
+        from mase_lite.training import evaluate
+        from mase_lite.training import train as run_training
+
+        out: dict[str, float] = {}
+        pad_id = getattr(splits, "pad_id", 0)
+        if train:
+            t0 = time.perf_counter()
+            res = run_training(graph, splits.train, cfg, pad_id=pad_id)
+            out["train_s"] = time.perf_counter() - t0
+            out["train_loss"] = float(res.final_loss)
+        t0 = time.perf_counter()
+        ev = evaluate(graph, splits.val, batch_size=cfg.eval_batch_size, precision=cfg.precision,
+                      num_threads=cfg.num_threads, pad_id=pad_id)
+        out["eval_s"] = time.perf_counter() - t0
+        out["accuracy"] = float(ev.accuracy)
+        out["loss"] = float(ev.loss)
+        return out
+
+
+@dataclasses.dataclass
+class Lifecycle:
+    """The steps of an experiment, each a method; ``trainer`` trains and evaluates.
+
+    ``attn_implementation``: how built models trace attention (``eager``: explicit matmuls and
+    softmax; the training recipe runs bf16 where the CPU supports it, and HF's ``sdpa`` attention
+    has a slow bf16 backward on CPU, about 3x slower trials on tiny BERTs).
+    """
+
+    trainer: Trainer = dataclasses.field(default_factory=RecipeTrainer)
+    attn_implementation: str | None = "eager"
+
+    # -- model
+    def build(self, config: ModelConfig) -> MaseGraph:
+        """A freshly initialised (``config.seed``) model traced into a MaseGraph."""
+        if self.attn_implementation:
+            config = config.replace(attn_implementation=self.attn_implementation)
+        model = build_model(config)
+        return trace(model.eval(), example_inputs(model))
+
+    def load(self, path: str | Path) -> MaseGraph:
+        """A saved graph (:meth:`MaseGraph.load`)."""
+        return MaseGraph.load(path)
+
+    # -- data
+    def load_data(self, data_cfg: Any, model: Any, splits: Sequence[str] = ("train", "val", "test")) -> Any:
+        """The splits for ``model`` (a module, graph or config), checked against it first."""
+        from mase_lite.data import load_checked_splits
+
+        return load_checked_splits(data_cfg, model, splits)
+
+    # -- training
+    def train_and_eval(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool = True) -> dict[str, float]:
+        """The trainer's :meth:`Trainer.train_and_eval`."""
+        return self.trainer.train_and_eval(graph, splits, cfg, train)
+
+    # -- passes
+    def identity(self, graph: MaseGraph, module_paths: Sequence[str]) -> MaseGraph:
+        """Replace the linear nodes of ``module_paths`` with identities."""
+        if not module_paths:
+            return graph
+        from passes import run_pass
+
+        graph, _ = run_pass(graph, "replace_linear_with_identity", {"module_paths": list(module_paths)})
+        return graph
+
+    def compress(self, graph: MaseGraph, pipeline: dict[str, Any]) -> MaseGraph:
+        """Run the compression pipeline (``{"passes": ...}``) on ``graph``."""
+        from passes import run_pipeline
+
+        graph, _ = run_pipeline(graph, pipeline)
+        return graph
+
+    def cost(self, graph: MaseGraph) -> dict[str, Any]:
+        """The ``cost`` pass's scalar totals for ``graph``."""
+        from passes import run_pass
+
+        _, info = run_pass(graph, "cost", {})
+        return {k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+_DEFAULT: Lifecycle | None = None
+
+
+def default_lifecycle() -> Lifecycle:
+    """The lifecycle used when none is given: the one set by :func:`set_default_lifecycle`, else
+    ``Lifecycle()`` (mase-lite's training recipe)."""
+    return _DEFAULT if _DEFAULT is not None else Lifecycle()
+
+
+def set_default_lifecycle(lifecycle: Lifecycle | None) -> Lifecycle | None:
+    """Make ``lifecycle`` the default (``None``: back to ``Lifecycle()``) for code that is given none,
+    such as the CLI commands; returns the previous one. Tests pass fakes in this way."""
+    global _DEFAULT
+    previous, _DEFAULT = _DEFAULT, lifecycle
+    return previous
