@@ -39,7 +39,9 @@ import numpy as np
 import torch
 
 from mase_lite.data import DataConfig, load_splits, load_tokenizer
-from mase_lite.training import TrainConfig, default_num_threads, evaluate, resolve_precision, train
+from mase_lite.machine import default_num_threads
+from mase_lite.training import TrainConfig, resolve_precision
+from search.lifecycle import Lifecycle
 
 BERT_TINY = dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512, vocab_size=30522)
 
@@ -97,14 +99,10 @@ def run_mase(splits, args) -> dict:
     cfg = TrainConfig(progress=args.progress, num_threads=args.threads,
                       **({"lr": args.lr} if args.lr is not None else {}),
                       **({"warmup_ratio": args.warmup_ratio} if args.warmup_ratio is not None else {}))
-    t0 = time.perf_counter()
-    tr = train(model, splits.train, cfg, pad_id=splits.pad_id)
-    t1 = time.perf_counter()
-    ev = evaluate(model, splits.test, batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                  num_threads=args.threads, pad_id=splits.pad_id)
-    t2 = time.perf_counter()
-    return {"train_s": t1 - t0, "eval_s": t2 - t1, "accuracy": ev.accuracy, "eval_loss": ev.loss,
-            "steps": tr.steps, "precision": tr.precision, "padding_overhead": tr.padded_tokens / tr.tokens - 1}
+    out = Lifecycle().train_and_eval(model, splits, cfg, split="test")  # the lifecycle's train-then-evaluate
+    tr = out["training"]
+    return {"train_s": out["train_s"], "eval_s": out["eval_s"], "accuracy": out["accuracy"], "eval_loss": out["loss"],
+            "steps": tr["steps"], "precision": tr["precision"], "padding_overhead": tr["padded_tokens"] / tr["tokens"] - 1}
 
 
 def run_hf(splits, tokenizer, args) -> dict:

@@ -29,37 +29,46 @@ class Trainer(abc.ABC):
     """How a graph is trained and scored.
 
     Contract of :meth:`train_and_eval`: train ``graph`` in place with the recipe ``cfg`` on
-    ``splits.train`` unless ``train`` is False, then evaluate it on ``splits.val`` (with ``cfg``'s
-    precision, batch size and threads). Return ``accuracy``, ``loss`` and ``eval_s``, plus
-    ``train_s`` and ``train_loss`` when it trained. Raise (e.g.
+    ``splits.train`` unless ``train`` is False (``callback`` as for :func:`mase_lite.training.train`;
+    a fake may ignore it), then evaluate it on the split named ``split`` (default ``val``; ``None``:
+    no evaluation) with ``cfg``'s precision, batch size and threads. Return ``accuracy``, ``loss``,
+    ``n`` and ``eval_s`` when it evaluated, plus ``train_s``, ``train_loss`` and ``training`` (the
+    :class:`~mase_lite.training.TrainResult` as a dict) when it trained. Raise (e.g.
     :class:`mase_lite.training.TrainingDivergedError`) when training fails.
     """
 
     @abc.abstractmethod
-    def train_and_eval(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool = True) -> dict[str, float]:
-        """Train (optionally), then evaluate on the validation split; see the class docstring."""
+    def train_and_eval(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool = True, *,
+                       split: str | None = "val", callback: Any = None) -> dict[str, Any]:
+        """Train (optionally), then evaluate on ``split``; see the class docstring."""
 
 
 class RecipeTrainer(Trainer):
     """:func:`mase_lite.training.train` then :func:`mase_lite.training.evaluate`."""
 
-    def train_and_eval(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool = True) -> dict[str, float]:
+    def train_and_eval(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool = True, *,
+                       split: str | None = "val", callback: Any = None) -> dict[str, Any]:
+        from mase_lite.errors import ConfigError
         from mase_lite.training import evaluate
         from mase_lite.training import train as run_training
 
-        out: dict[str, float] = {}
+        out: dict[str, Any] = {}
         pad_id = getattr(splits, "pad_id", 0)
+        eval_ds = getattr(splits, split) if split else None
+        if eval_ds is not None and len(eval_ds) == 0:
+            raise ConfigError(f"the {split} split is empty; give it rows (data.n_{split})")
         if train:
             t0 = time.perf_counter()
-            res = run_training(graph, splits.train, cfg, pad_id=pad_id)
+            res = run_training(graph, splits.train, cfg, eval_ds=eval_ds, callback=callback, pad_id=pad_id)
             out["train_s"] = time.perf_counter() - t0
             out["train_loss"] = float(res.final_loss)
-        t0 = time.perf_counter()
-        ev = evaluate(graph, splits.val, batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                      num_threads=cfg.num_threads, pad_id=pad_id)
-        out["eval_s"] = time.perf_counter() - t0
-        out["accuracy"] = float(ev.accuracy)
-        out["loss"] = float(ev.loss)
+            out["training"] = dataclasses.asdict(res)
+        if eval_ds is not None:
+            t0 = time.perf_counter()
+            ev = evaluate(graph, eval_ds, batch_size=cfg.eval_batch_size, precision=cfg.precision,
+                          num_threads=cfg.num_threads, pad_id=pad_id)
+            out["eval_s"] = time.perf_counter() - t0
+            out.update(accuracy=float(ev.accuracy), loss=float(ev.loss), n=ev.n)
         return out
 
 
@@ -95,9 +104,10 @@ class Lifecycle:
         return load_checked_splits(data_cfg, model, splits)
 
     # -- training
-    def train_and_eval(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool = True) -> dict[str, float]:
+    def train_and_eval(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool = True, *,
+                       split: str | None = "val", callback: Any = None) -> dict[str, Any]:
         """The trainer's :meth:`Trainer.train_and_eval`."""
-        return self.trainer.train_and_eval(graph, splits, cfg, train)
+        return self.trainer.train_and_eval(graph, splits, cfg, train, split=split, callback=callback)
 
     # -- passes
     def identity(self, graph: MaseGraph, module_paths: Sequence[str]) -> MaseGraph:

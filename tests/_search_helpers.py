@@ -25,7 +25,7 @@ class FakeTraining(Trainer):
         self.calls: list[tuple] = []
         self.fail_hidden: int | None = None
 
-    def train_and_eval(self, graph, splits, cfg, train=True):
+    def train_and_eval(self, graph, splits, cfg, train=True, *, split="val", callback=None):
         arch = describe_graph(graph)
         key = (arch["num_hidden_layers"], arch["num_attention_heads"], arch["hidden_size"],
                arch["intermediate_size"], len(arch["linear_paths"]))

@@ -31,7 +31,7 @@ WORKER = textwrap.dedent("""
     block_at = int(os.environ["BLOCK_AT"])
 
     class Blocking(helpers.FakeTraining):
-        def train_and_eval(self, graph, splits, cfg, train=True):
+        def train_and_eval(self, graph, splits, cfg, train=True, **kw):
             time.sleep(float(os.environ.get("TRIAL_SLEEP", "0")))
             if train and sum(c[2] for c in self.calls) + 1 == block_at:
                 with open(os.environ["MARKER"], "w") as fh:

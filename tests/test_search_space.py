@@ -7,7 +7,8 @@ import pytest
 
 from mase_lite.errors import ConfigError
 from mase_lite.models import ModelConfig
-from search.objectives import ArchitectureMismatch, build_graph, check_architecture
+from search.lifecycle import Lifecycle
+from search.objectives import ArchitectureMismatch, check_architecture
 from search.samplers import SamplerOptions, make_sampler, parse_sampler
 from search.space import (
     NODE_PREFIX,
@@ -33,7 +34,7 @@ def space_cfg(**kw) -> SpaceConfig:
 @pytest.fixture(scope="module")
 def graph_2l():
     """L2 A4 H16 I32: square linears are q/k/v/attention-out of each layer and the pooler."""
-    return build_graph(ModelConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=16, intermediate_size=32,
+    return Lifecycle().build(ModelConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=16, intermediate_size=32,
                                    seed=0, **TINY))
 
 
@@ -167,7 +168,7 @@ def test_node_space_suggests_a_dynamic_parameter_per_candidate(graph_2l):
 def test_describe_graph_reads_the_built_architecture(layers, heads, hidden, inter, attn):
     cfg = ModelConfig(num_hidden_layers=layers, num_attention_heads=heads, hidden_size=hidden,
                       intermediate_size=inter, seed=0, **TINY)
-    seen = describe_graph(build_graph(cfg, attn_implementation=attn))
+    seen = describe_graph(Lifecycle(attn_implementation=attn).build(cfg))
     assert (seen["num_hidden_layers"], seen["num_attention_heads"], seen["hidden_size"], seen["intermediate_size"]) \
         == (layers, heads, hidden, inter)
 

@@ -18,7 +18,7 @@ from typing import Any
 from ..config import load_toml
 from ..data import DataConfig, Splits
 from ..errors import ConfigError
-from ..training import EvalResult, TrainConfig, TrainResult, evaluate, train
+from ..training import EvalResult, TrainConfig, evaluate
 from .common import add_model_args
 
 log = logging.getLogger(__name__)
@@ -153,22 +153,23 @@ def prepare_data(model, data_cfg: DataConfig, splits: tuple[str, ...] = SPLITS) 
 
 def train_model(model, splits: Splits, train_cfg: TrainConfig, eval_split: str = "val") -> dict[str, Any]:
     """Train ``model`` in place on ``splits.train``; evaluate on ``eval_split`` (or ``"none"``)."""
-    eval_ds = getattr(splits, eval_split) if eval_split != "none" else None
-    if eval_ds is not None and len(eval_ds) == 0:
-        raise ConfigError(f"--eval-split {eval_split}: that split is empty (data.n_val = 0?)")
+    from search.lifecycle import default_lifecycle
+
+    split = None if eval_split == "none" else eval_split
 
     def report(state):
-        if eval_ds is not None and train_cfg.eval_every:
+        if split is not None and train_cfg.eval_every:
             r = state.evaluate()
             log.info("step %d (epoch %.2f): %s accuracy %.4f loss %.4f", state.step, state.epoch, eval_split,
                      r.accuracy, r.loss)
 
-    result: TrainResult = train(model, splits.train, train_cfg, eval_ds=eval_ds, callback=report, pad_id=splits.pad_id)
-    out: dict[str, Any] = {"training": result.__dict__}
-    if eval_ds is not None:
-        ev = evaluate(model, eval_ds, batch_size=train_cfg.eval_batch_size, precision=train_cfg.precision,
-                      num_threads=train_cfg.num_threads, pad_id=splits.pad_id)
-        out[eval_split] = ev.__dict__
+    try:
+        res = default_lifecycle().train_and_eval(model, splits, train_cfg, split=split, callback=report)
+    except ConfigError as exc:
+        raise ConfigError(f"--eval-split {eval_split}: {exc}") from None
+    out: dict[str, Any] = {"training": res["training"]}
+    if split is not None:
+        out[eval_split] = {k: res[k] for k in ("accuracy", "loss", "n")}
     return out
 
 

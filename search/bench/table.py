@@ -163,7 +163,7 @@ def write_table(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
         out.append({c: _format(c, row[c]) for c in TABLE_COLUMNS})
     out.sort(key=lambda r: (r["arch"], int(r["seed"])))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: several build workers may finish together
     with tmp.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(TABLE_COLUMNS), lineterminator="\n")
         w.writeheader()
@@ -219,7 +219,7 @@ def write_manifest(directory: str | Path, *, space: Mapping[str, Sequence[int]],
         "command": command if isinstance(command, str) else " ".join(map(str, command)),
     }
     path = directory / MANIFEST_FILE
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: several build workers may finish together
     tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return manifest
