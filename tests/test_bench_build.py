@@ -43,12 +43,12 @@ def test_killed_build_resumes_without_losing_a_row(fake_training, tmp_path, monk
     calls = {"n": 0}
     real = fake_training.train_and_eval
 
-    def dies_on_the_fourth_row(graph, splits, cfg, train=True):
+    def dies_on_the_fourth_row(graph, splits, cfg, train=True, **kw):
         if train and not graph.history:
             calls["n"] += 1
             if calls["n"] == 4:
                 raise KeyboardInterrupt
-        return real(graph, splits, cfg, train)
+        return real(graph, splits, cfg, train, **kw)
 
     monkeypatch.setattr(fake_training, "train_and_eval", dies_on_the_fourth_row)
     with pytest.raises(KeyboardInterrupt):

@@ -235,10 +235,10 @@ def test_ctrl_c_marks_the_trial_interrupted_and_resume_reruns_it(fake_training, 
     cfg = tiny_config(n_trials=3, samplers=["tpe"])
     real = fake_training.train_and_eval
 
-    def interrupt_second(graph, splits, c, train=True):
+    def interrupt_second(graph, splits, c, train=True, **kw):
         if train and sum(call[2] for call in fake_training.calls) == 1:
             raise KeyboardInterrupt
-        return real(graph, splits, c, train)
+        return real(graph, splits, c, train, **kw)
 
     monkeypatch.setattr(fake_training, "train_and_eval", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
@@ -270,10 +270,10 @@ def test_finetune_seed_is_its_own_and_recorded(fake_training, tmp_path):
     seen = []
     real = fake_training.train_and_eval
 
-    def spy(graph, splits, c, train=True):
+    def spy(graph, splits, c, train=True, **kw):
         if train:
             seen.append(c.seed)
-        return real(graph, splits, c, train)
+        return real(graph, splits, c, train, **kw)
 
     fake_training.train_and_eval = spy
     run_search(cfg, tmp_path / "run")
@@ -328,7 +328,7 @@ def test_a_trial_tying_the_best_never_loses_the_saved_graph(fake_training, tmp_p
     from search.storage import best_trials
 
     monkeypatch.setattr(fake_training, "train_and_eval",
-                        lambda graph, splits, cfg, train=True: {"accuracy": 0.75, "loss": 0.5, "eval_s": 0.0})
+                        lambda graph, splits, cfg, train=True, **kw: {"accuracy": 0.75, "loss": 0.5, "eval_s": 0.0})
     cfg = tiny_config(samplers=["random"], n_trials=4)
     result = run_search(cfg, tmp_path / "run")
     trials = [t for t in trials_of(result) if t.state == TrialState.COMPLETE]
