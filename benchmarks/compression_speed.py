@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mase_lite.graph import trace  # noqa: E402
+from mase_lite.weight_scope import frozen_weights  # noqa: E402
 from mase_lite.models import ModelConfig, build_model, example_inputs  # noqa: E402
 from passes import run_pipeline  # noqa: E402
 from passes.transforms import native, ops  # noqa: E402
@@ -83,6 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", action="store_true", help="also time the straightforward formulation")
     ap.add_argument("--torch-formulation", action="store_true",
                     help="also time the compressed graph without the native operator (passes.transforms.native)")
+    ap.add_argument("--no-weight-cache", action="store_true",
+                    help="time the forward pass without the per-evaluation derived-weight cache")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
@@ -135,6 +138,10 @@ def main(argv=None) -> int:
         graphs["reference"] = reference_graph(comp)
     results: dict[str, dict[str, float]] = {}
     for what, fn in (("forward", forward), ("train_step", step)):
+        # forward: as in an evaluation, all batches run in one frozen-weights block, so derived
+        # weights are computed once (--no-weight-cache: every forward recomputes them)
+        scope = frozen_weights() if what == "forward" and not args.no_weight_cache else nullcontext()
+        scope.__enter__()
         names = [n for n in graphs if not (what == "train_step" and n == "reference")]
         times: dict[str, list[float]] = {n: [] for n in names}
         for _ in range(args.warmup):
@@ -146,6 +153,7 @@ def main(argv=None) -> int:
                 with formulation(n):
                     times[n].append(timed(lambda: fn(graphs[n]), dev_type))
         results[what] = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+        scope.__exit__(None, None, None)
 
     ratios = {what: {n: r[n] / r["fp32"] for n in r if n != "fp32"} for what, r in results.items()}
     out = {"config": vars(args), "torch": torch.__version__, "native_operator": native.available(),
