@@ -71,7 +71,7 @@ def table_fingerprint(cfg: RunConfig, seeds: Sequence[int]) -> dict[str, Any]:
     fp = study_fingerprint(cfg, table_spec(cfg, 0))
     fp.pop("finetune", None)  # per row: derived from the row's seed
     fp["table_seeds"] = list(seeds)
-    fp["finetune"] = {k: v for k, v in cfg.finetune.items()}
+    fp["finetune"] = dict(cfg.finetune)
     return fp
 
 
@@ -112,10 +112,10 @@ def build_table(cfg: RunConfig, out: str | Path, seeds: Sequence[int] = (0, 1, 2
     study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.GridSampler(grid, seed=0))
     stored = study.user_attrs.get("fingerprint")
+    diff = None if stored is None else fingerprint_difference(stored.get("config", {}), fp)
     if stored is None:
         study.set_user_attr("fingerprint", {"digest": digest(fp), "config": fp})
-    elif fingerprint_difference(stored.get("config", {}), fp):
-        diff = fingerprint_difference(stored.get("config", {}), fp)
+    elif diff:
         raise SearchError(f"the table study {spec.name!r} in {redact(url)} was started with another setup ({diff}); "
                           f"use another --out, --storage or search.name")
     recover_interrupted(study)
