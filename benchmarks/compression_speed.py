@@ -12,6 +12,12 @@ compressed graph without the native operator, i.e. with the torch formulation of
 functions (``--torch-formulation``).
 
     python benchmarks/compression_speed.py                # 2 threads, 32 x 128, fp32
+    python benchmarks/compression_speed.py --format scaled_integer   # int8, per-channel weight scales
+
+``--format`` picks the number format of the quantize step (default ``integer``, Lab 2's fixed point;
+``scaled_integer``: int8 weights with per-channel scales, int8 biases and inputs, the input scales
+from a ``calibrate`` pass on the benchmark batch; any other registered format: its 8-bit-ish preset
+in :data:`FORMAT_ENTRIES`). The pruning step is the same for every format.
     python benchmarks/compression_speed.py --precision bf16 --repeats 20
 
 Timings on a shared machine are noisy; the ratios, measured in one run with alternating repeats,
@@ -36,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mase_lite.graph import trace  # noqa: E402
 from mase_lite.weight_scope import frozen_weights  # noqa: E402
 from mase_lite.models import ModelConfig, build_model, example_inputs  # noqa: E402
-from passes import run_pipeline  # noqa: E402
+from passes import PassContext, run_pipeline  # noqa: E402
 from passes.transforms import native, ops  # noqa: E402
 
 Q8 = {"name": "integer", "data_in_width": 8, "data_in_frac_width": 4, "weight_width": 8,
@@ -46,6 +52,25 @@ LAB2_PIPELINE = {"passes": {
     "prune": {"weight": {"sparsity": 0.5, "method": "l1-norm", "scope": "local"},
               "activation": {"sparsity": 0.5, "method": "l1-norm", "scope": "local"}},
 }}
+
+
+#: The quantize entry of each format timed by ``--format``.
+FORMAT_ENTRIES = {
+    "integer": Q8,
+    "scaled_integer": {"name": "scaled_integer", "data_in_width": 8, "weight_width": 8,
+                       "weight_granularity": "per_channel", "bias_width": 8},
+    "minifloat": {"name": "minifloat", "data_in_preset": "fp8_e4m3", "weight_preset": "fp8_e4m3"},
+    "block_fp": {"name": "block_fp", "weight_mantissa_width": 7, "weight_block_size": 16},
+}
+
+
+def pipeline_for(fmt: str) -> dict:
+    """Lab 2's pipeline with the quantize step in format ``fmt`` (calibrating first where needed)."""
+    if fmt not in FORMAT_ENTRIES:
+        raise SystemExit(f"--format {fmt!r}: choose one of {', '.join(FORMAT_ENTRIES)}")
+    pipe = copy.deepcopy(LAB2_PIPELINE)
+    pipe["passes"]["quantize"]["linear"]["config"] = copy.deepcopy(FORMAT_ENTRIES[fmt])
+    return pipe
 
 
 def reference_graph(graph):
@@ -87,6 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-weight-cache", action="store_true",
                     help="time the forward pass without the per-evaluation derived-weight cache")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--format", default="integer", help=f"number format of the quantize step: {', '.join(FORMAT_ENTRIES)}")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
 
@@ -96,11 +122,15 @@ def main(argv=None) -> int:
                       attention_probs_dropout_prob=0.0, seed=0)
     model = build_model(cfg).eval()
     fp32 = trace(model, example_inputs(model))
-    comp, _ = run_pipeline(fp32.copy(), copy.deepcopy(LAB2_PIPELINE))
-    fp32.to(args.device), comp.to(args.device)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, cfg.vocab_size, (args.batch, args.seq), generator=g)
-    batch = {"input_ids": ids.to(args.device), "attention_mask": torch.ones_like(ids).to(args.device)}
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    pipeline = pipeline_for(args.format)
+    if args.format == "scaled_integer":  # input scales from a calibration on the benchmark batch
+        pipeline = [("calibrate", {"num_batches": 1}), *pipeline["passes"].items()]
+    comp, _ = run_pipeline(fp32.copy(), pipeline, context=PassContext(batches=[batch]))
+    fp32.to(args.device), comp.to(args.device)
+    batch = {k: v.to(args.device) for k, v in batch.items()}
     labels = torch.randint(0, 2, (args.batch,), generator=g).to(args.device)
     dev_type = torch.device(args.device).type
     amp = (lambda: torch.autocast(dev_type, dtype=torch.bfloat16)) if args.precision == "bf16" else nullcontext
@@ -162,6 +192,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
+    print(f"format: {args.format}")
     print(f"bert L{args.layers} H{args.hidden} A{args.heads} I{args.intermediate}, batch {args.batch}x{args.seq}, "
           f"{args.device}, {args.threads} threads, {args.precision}, torch {torch.__version__}, median of {args.repeats}")
     print(f"native quantise-and-prune operator: {'available (CPU float32/bf16 inputs)' if native.available() else 'not available (torch formulation)'}")

@@ -13,7 +13,7 @@ import sys
 
 from .errors import MaseError
 
-COMMANDS = ("report", "train", "transform", "search", "plot", "bench")
+COMMANDS = ("report", "train", "transform", "export", "search", "plot", "bench", "dashboard")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,16 @@ Where data comes from
     directory holding ``<dataset>/{train,test}.parquet`` (columns ``text``/``label`` by default) and
     ``<tokenizer>/`` (a directory ``AutoTokenizer.from_pretrained`` loads offline). Whatever the mirror
     lacks is taken from the hub (``stanfordnlp/imdb``, ``bert-base-uncased``); if that fails too, a
-    single :class:`DataError` names both places and the variable.
+    single :class:`DataError` names both places and the variable. The hub is not tried when
+    ``HF_HUB_OFFLINE`` is set or when it cannot be reached within :data:`HUB_PROBE_TIMEOUT_S` seconds
+    (:func:`hub_unavailable`), so without mirror and network the error comes at once.
+
+Tokenizer
+    ``DataConfig.tokenizer`` (``--tokenizer``) if set; else, for a model loaded from a checkpoint
+    directory that has tokenizer files, that directory (:func:`resolve_tokenizer`); else
+    ``bert-base-uncased``. A tokenizer without a pad token pads with the model's configured
+    ``pad_token_id``, else with its eos token (``pad = eos``); decoder classifiers get
+    ``config.pad_token_id`` set to match (:func:`resolve_pad_token`). With neither, a clear error.
 
 Splits
     The validation split (``n_val`` rows) is carved from the training split with a seeded
@@ -50,6 +59,13 @@ DEFAULT_CACHE = "~/.cache/mase-lite"
 #: Short dataset names and the hub repositories they stand for; other names are used as hub ids as-is.
 HUB_DATASETS = {"imdb": "stanfordnlp/imdb"}
 MIN_MAX_LENGTH = 8
+#: The tokenizer of models that bring none (built from a config, or a checkpoint without tokenizer files).
+DEFAULT_TOKENIZER = "bert-base-uncased"
+#: Files any of which makes a directory a tokenizer directory ``AutoTokenizer`` can load.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+#: Seconds to wait for a TCP connection to the hub before treating it as unreachable.
+HUB_PROBE_TIMEOUT_S = 1.5
 _CACHE_VERSION = 2  # 2: the tokenizer fingerprint covers truncation_side and the other ENCODING_ATTRIBUTES
 
 
@@ -58,7 +74,9 @@ class DataConfig(Config):
     """Which data, how much of it and how it is tokenised.
 
     ``n_train=None`` uses every training row not in the validation split; ``n_test=None`` the whole
-    test split. ``seed`` fixes which rows are drawn (and nothing else). ``truncation``: rows longer
+    test split. ``tokenizer``: a name under the mirror / on the hub, or a directory; ``None`` (default):
+    the model checkpoint's own tokenizer files, else ``bert-base-uncased`` (:func:`resolve_tokenizer`).
+    ``seed`` fixes which rows are drawn (and nothing else). ``truncation``: rows longer
     than ``max_length`` tokens keep their first quarter and last three quarters (``head_tail``, the
     default: reviews often end with the verdict; bert-tiny, one epoch of IMDb at max_length 128:
     0.854 test accuracy vs 0.816 — Sun et al. 2019 found the same for BERT) or their first
@@ -70,7 +88,7 @@ class DataConfig(Config):
     text_column: str = "text"
     label_column: str = "label"
     num_labels: int = 2
-    tokenizer: str = "bert-base-uncased"
+    tokenizer: Optional[str] = None
     n_train: Optional[int] = None
     n_val: int = 2000
     n_test: Optional[int] = None
@@ -88,9 +106,12 @@ class DataConfig(Config):
             check_range(f"{p}n_train", self.n_train, 1)
         if self.n_test is not None:
             check_range(f"{p}n_test", self.n_test, 1)
-        for name in ("dataset", "tokenizer", "text_column", "label_column"):
+        for name in ("dataset", "text_column", "label_column"):
             if not getattr(self, name):
                 raise ConfigError(f"{p}{name} must not be empty")
+        if self.tokenizer is not None and not self.tokenizer.strip():
+            raise ConfigError(f"{p}tokenizer must not be empty (leave it unset for the checkpoint's own or "
+                              f"{DEFAULT_TOKENIZER})")
 
 
 @dataclasses.dataclass
@@ -128,6 +149,39 @@ def _hub_offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+_PROBES: dict[tuple[str, int], str | None] = {}
+
+
+def _hub_address() -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def hub_unavailable() -> str | None:
+    """Why the Hugging Face hub must not be tried (``None``: try it).
+
+    ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` set, or no TCP connection to the hub (``$HF_ENDPOINT``,
+    default huggingface.co:443) within :data:`HUB_PROBE_TIMEOUT_S` s -- instead of the hub clients'
+    own retries, which take about a minute offline. The probe runs once per process and address.
+    """
+    import socket
+
+    if _hub_offline():
+        return "hub access is disabled (HF_HUB_OFFLINE)"
+    addr = _hub_address()
+    if addr not in _PROBES:
+        try:
+            with socket.create_connection(addr, timeout=HUB_PROBE_TIMEOUT_S):
+                _PROBES[addr] = None
+        except OSError as exc:
+            _PROBES[addr] = (f"not tried: the hub at {addr[0]}:{addr[1]} is unreachable "
+                             f"({type(exc).__name__}: {exc or 'timed out'}); no network?")
+            log.info("%s", _PROBES[addr])
+    return _PROBES[addr]
+
+
 def _short(exc: BaseException) -> str:
     msg = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]
@@ -136,32 +190,125 @@ def _short(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- tokenizer
 
 
+def has_tokenizer_files(path: str | Path) -> bool:
+    """Whether directory ``path`` holds tokenizer files (:data:`TOKENIZER_FILES`)."""
+    path = Path(path).expanduser()
+    return path.is_dir() and any((path / f).is_file() for f in TOKENIZER_FILES)
+
+
+def checkpoint_dir(model: Any) -> Path | None:
+    """The local checkpoint directory ``model`` was loaded from (``from_pretrained``'s ``name_or_path``;
+    for a MaseGraph, its source config's), or ``None``."""
+    raw = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    if not raw:
+        info = getattr(model, "model_info", None)
+        raw = ((info or {}).get("hf_config") or {}).get("_name_or_path") if isinstance(info, dict) else None
+    if not isinstance(raw, str) or not raw:
+        return None
+    path = Path(raw).expanduser()
+    return path if path.is_dir() else None
+
+
+def resolve_tokenizer(cfg: DataConfig, model: Any = None) -> DataConfig:
+    """``cfg`` with the tokenizer to use filled in: ``cfg.tokenizer`` when set; else the directory of
+    ``model``'s checkpoint when it has tokenizer files; else :data:`DEFAULT_TOKENIZER`."""
+    if cfg.tokenizer is not None:
+        return cfg
+    ckpt = checkpoint_dir(model) if model is not None else None
+    if ckpt is not None and has_tokenizer_files(ckpt):
+        log.info("using the checkpoint's own tokenizer %s (data.tokenizer overrides)", ckpt)
+        return cfg.replace(tokenizer=str(ckpt.resolve()))
+    if ckpt is not None:
+        log.info("checkpoint %s has no tokenizer files; using %s", ckpt, DEFAULT_TOKENIZER)
+    return cfg.replace(tokenizer=DEFAULT_TOKENIZER)
+
+
 def load_tokenizer(cfg: DataConfig):
-    """The tokenizer ``cfg.tokenizer``: ``<mirror>/<tokenizer>/`` if present, else the hub."""
+    """The tokenizer ``cfg.tokenizer`` (unset: :data:`DEFAULT_TOKENIZER`): ``<mirror>/<tokenizer>/`` if
+    present, else a tokenizer directory at that path, else the hub (see :func:`hub_unavailable`)."""
     from transformers import AutoTokenizer
 
+    name = cfg.tokenizer or DEFAULT_TOKENIZER
     root, origin = mirror_dir(cfg)
-    local = root / cfg.tokenizer if root is not None else None
+    local = root / name if root is not None else None
+    if local is None or not local.is_dir():
+        direct = Path(name).expanduser()
+        if has_tokenizer_files(direct):
+            local, origin = direct, "data.tokenizer"
     if local is not None and local.is_dir():
         try:
-            return AutoTokenizer.from_pretrained(str(local))
+            return AutoTokenizer.from_pretrained(str(local), local_files_only=True)
         except Exception as exc:  # a broken mirror is an error, not a reason to go online
             raise DataError(f"tokenizer directory {local} (from {origin}) could not be loaded: {_short(exc)}") from exc
     where = f"no directory {local} (from {origin})" if local is not None else origin
-    if _hub_offline():
-        hub_why = "hub access is disabled (HF_HUB_OFFLINE)"
-    else:
+    hub_why = hub_unavailable()
+    if hub_why is None:
         try:
-            tok = AutoTokenizer.from_pretrained(cfg.tokenizer)
-            log.info("tokenizer %r loaded from the Hugging Face hub (%s)", cfg.tokenizer, where)
+            tok = AutoTokenizer.from_pretrained(name)
+            log.info("tokenizer %r loaded from the Hugging Face hub (%s)", name, where)
             return tok
         except Exception as exc:
             hub_why = _short(exc)
     raise DataError(
-        f"tokenizer {cfg.tokenizer!r} not found: {where}, and the Hugging Face hub model {cfg.tokenizer!r} "
+        f"tokenizer {name!r} not found: {where}, and the Hugging Face hub model {name!r} "
         f"could not be loaded ({hub_why}); set {DATA_ENV} (or data.data_dir) to a directory containing "
-        f"{cfg.tokenizer}/ with the tokenizer files"
+        f"{name}/ with the tokenizer files"
     )
+
+
+def resolve_pad_token(tokenizer, model: Any = None) -> int:
+    """The id batches are padded with, made explicit on ``tokenizer`` (and on a decoder ``model``).
+
+    The tokenizer's pad token if it has one; else ``model``'s configured ``pad_token_id`` (a checkpoint's
+    ``config.pad_token_id``, or ``ModelConfig.pad_token_id`` set explicitly); else its eos token
+    (``tokenizer.pad_token = tokenizer.eos_token``); else :class:`DataError`. A decoder classifier finds
+    each row's last token by the pad id, so its pad id must be this one: an ``nn.Module``'s
+    ``config.pad_token_id`` is set to it; a ``ModelConfig`` or a traced graph with another id is a
+    :class:`ConfigError`/:class:`DataError` (it is baked into the graph).
+    """
+    from .models import ModelConfig, is_decoder_classifier
+
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    if isinstance(model, ModelConfig):
+        configured = model.pad_token_id
+    else:
+        configured = _model_field(model, "pad_token_id") if model is not None else None
+    if tokenizer.pad_token_id is None:
+        if configured is not None:
+            tokenizer.pad_token_id = int(configured)
+            log.info("tokenizer %r has no pad token: padding with the model's pad_token_id %d", name, configured)
+        elif tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+            log.info("tokenizer %r has no pad token: padding with its eos token %r (id %d)", name,
+                     tokenizer.eos_token, tokenizer.pad_token_id)
+        else:
+            raise DataError(
+                f"tokenizer {name!r} has no pad token and no eos token, and the model configures no pad_token_id; "
+                "set one: model.pad_token_id (or the checkpoint's config.json pad_token_id), or use a tokenizer "
+                "with a pad token"
+            )
+    pad = int(tokenizer.pad_token_id)
+    if model is None or not is_decoder_classifier(model):
+        return pad
+    if isinstance(model, ModelConfig):
+        if model.effective_pad_token_id() != pad:
+            raise ConfigError(
+                f"model.pad_token_id = {model.effective_pad_token_id()} but tokenizer {name!r} pads with id {pad}; "
+                f"a {model.model_type} classifier reads each row's last non-pad token, so set model.pad_token_id = {pad}"
+            )
+    elif hasattr(getattr(model, "config", None), "pad_token_id"):
+        if model.config.pad_token_id != pad:
+            log.info("setting the decoder's config.pad_token_id = %d (tokenizer %r's pad id; was %s)", pad, name,
+                     model.config.pad_token_id)
+            model.config.pad_token_id = pad
+    else:
+        traced = _model_field(model, "pad_token_id")
+        if traced != pad:
+            raise DataError(
+                f"this decoder graph was traced with pad_token_id = {traced} but tokenizer {name!r} pads with id {pad}; "
+                "use the tokenizer it was trained with (data.tokenizer)"
+            )
+    return pad
 
 
 #: Tokenizer attributes read at call time (not in a fast tokenizer's JSON spec) that can change the
@@ -269,9 +416,8 @@ def _raw_splits(cfg: DataConfig) -> dict[str, _Raw]:
     else:
         where = origin
     hub_id = HUB_DATASETS.get(cfg.dataset, cfg.dataset)
-    if _hub_offline():
-        hub_why = "hub access is disabled (HF_HUB_OFFLINE)"
-    else:
+    hub_why = hub_unavailable()
+    if hub_why is None:
         try:
             import datasets
 
@@ -522,15 +668,19 @@ def check_vocab(tokenizer, model) -> None:
 
 
 def load_checked_splits(cfg: DataConfig, model, splits: Sequence[str] = ("train", "val", "test")) -> Splits:
-    """The one way to get data for a model: check ``cfg.max_length`` against its positions, load the
-    tokenizer, check its vocabulary against the model's embedding, then load the ``splits``.
+    """The one way to get data for a model: choose the tokenizer (:func:`resolve_tokenizer`: the
+    checkpoint's own by default), check ``cfg.max_length`` against its positions, load the tokenizer,
+    check its vocabulary against the model's embedding, settle the pad token (:func:`resolve_pad_token`),
+    then load the ``splits``.
 
     ``model`` is an ``nn.Module``, a ``MaseGraph`` or a config (``ModelConfig``, an HF config) --
     anything :func:`check_max_length` and :func:`check_vocab` read. Errors come before any
     tokenising.
     """
+    cfg = resolve_tokenizer(cfg, model)
     check_max_length(model, cfg.max_length)
     tokenizer = load_tokenizer(cfg)
     check_vocab(tokenizer, model)
+    resolve_pad_token(tokenizer, model)
     return load_splits(cfg, tokenizer, splits)
 

@@ -7,7 +7,9 @@ with ``.train()``/``.eval()`` and follows ``.to(device)``.
 
 Persistence (``save``/``load``) stores the *base* exported program (``torch.export.save``: a
 serialised graph, no pickled code), the pass history ``[(name, config), ...]`` and the final
-parameters and buffers (safetensors). ``load`` replays the history on the base program and then
+parameters and buffers (safetensors). Each history entry is saved with the version of the pass that
+made it (:class:`HistoryEntry`; entries saved before versions existed have none and replay as
+version 1). ``load`` replays the history on the base program and then
 loads the tensors, so transformed graphs come back transformed, pruning masks included. Replaying
 needs the pass registry, which lives above the IR: it is found through the ``mase_lite.passes``
 entry point (``passes.pipeline:run_pass``), keeping ``mase_lite`` free of imports from ``passes``.
@@ -38,6 +40,23 @@ from .tracing import export_module, normalise
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+
+
+class HistoryEntry(tuple):
+    """One history entry: the pair ``(name, config)`` (it unpacks and compares as that pair) plus the
+    ``version`` of the pass that made it (``None``: unknown, i.e. saved before versions existed,
+    replayed as version 1)."""
+
+    def __new__(cls, name: str, config: dict[str, Any], version: int | None = None) -> "HistoryEntry":
+        obj = super().__new__(cls, (name, config))
+        obj.version = version
+        return obj
+
+    def __reduce__(self):
+        return (HistoryEntry, (self[0], self[1], self.version))
+
+    def __repr__(self) -> str:
+        return f"HistoryEntry({self[0]!r}, {self[1]!r}, version={self.version!r})"
 
 
 def _model_info(model: nn.Module) -> dict[str, Any]:
@@ -245,15 +264,18 @@ class MaseGraph(nn.Module):
             "format_version": FORMAT_VERSION,
             "input_names": self.input_names,
             "model_info": self.model_info,
-            "history": [{"name": n, "config": c} for n, c in self.history],
+            "history": [_history_record(h) for h in self.history],
         }
         (path / "graph.json").write_text(json.dumps(record, indent=2))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "MaseGraph":
-        """Load a graph written by :meth:`save` (eval mode, on the CPU)."""
+        """Load a graph written by :meth:`save` (eval mode, on the CPU), or a compact export
+        (``mase-lite export``; a directory with ``export.json``, read by ``passes.export.load_export``)."""
         path = Path(path)
+        if not (path / "graph.json").is_file() and (path / EXPORT_MANIFEST).is_file():
+            return _export_loader()(path)
         if not (path / "graph.json").is_file():
             raise MaseError(f"{path} is not a saved MaseGraph (no graph.json)")
         record = json.loads((path / "graph.json").read_text())
@@ -265,7 +287,7 @@ class MaseGraph(nn.Module):
         if record["history"]:
             run_pass = _pass_runner()
             for step in record["history"]:
-                run_pass(graph, step["name"], step["config"])
+                run_pass(graph, step["name"], step["config"], version=step.get("version"))
         state = load_file(path / "state.safetensors")
         missing, unexpected = graph.gm.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -277,6 +299,15 @@ class MaseGraph(nn.Module):
     def extra_repr(self) -> str:
         n = sum(1 for _ in self.gm.graph.nodes)
         return f"model={self.model_info.get('class')}, nodes={n}, passes={[h[0] for h in self.history]}"
+
+
+def _history_record(entry: tuple) -> dict[str, Any]:
+    name, config = entry[0], entry[1]
+    out: dict[str, Any] = {"name": name, "config": config}
+    version = getattr(entry, "version", None)
+    if version is not None:
+        out["version"] = version
+    return out
 
 
 def _spec_modules(spec: Any) -> set[str]:
@@ -297,6 +328,18 @@ def _import_output_types(model_info: Mapping[str, Any]) -> None:
     for name in model_info.get("output_modules", []):
         if name.split(".")[0] == "transformers":
             importlib.import_module(name)
+
+
+#: The manifest file of a compact export directory (``passes.export``).
+EXPORT_MANIFEST = "export.json"
+
+
+def _export_loader() -> Callable[[Path], "MaseGraph"]:
+    """``passes.export.load_export``: found next to the pass runner of the ``mase_lite.passes`` entry
+    point (same package), so the IR does not import ``passes``."""
+    runner = _pass_runner()
+    package = runner.__module__.split(".")[0]
+    return importlib.import_module(f"{package}.export").load_export
 
 
 def _pass_runner() -> Callable[[MaseGraph, str, Mapping[str, Any]], Any]:

@@ -51,16 +51,19 @@ def default_num_threads() -> int:
         return os.cpu_count() or 1
 
 
-def machine_info(precision: str | None = None, num_threads: int | None = None) -> dict[str, Any]:
-    """``{"cpu", "cpu_flags", "num_threads", "precision", "torch", "python"}`` (JSON-able).
+def machine_info(precision: str | None = None, num_threads: int | None = None,
+                 device: Any = None) -> dict[str, Any]:
+    """``{"cpu", "cpu_flags", "num_threads", "precision", "torch", "python"}`` (JSON-able), plus
+    ``"device"`` (and ``"gpu"``, ``"cuda"`` on a CUDA device) when ``device`` is given.
 
     ``precision`` should be the *resolved* one (``fp32``/``bf16``), ``num_threads`` the torch
-    thread count used (default: the available CPUs).
+    thread count used (default: the available CPUs), ``device`` the *resolved* device
+    (a :class:`torch.device` or its name, e.g. ``"cpu"``, ``"cuda:0"``).
     """
     import torch
 
     flags = cpu_flags()
-    return {
+    info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cpu_flags": [f for f in RELEVANT_FLAGS if f in flags],
         "num_threads": int(num_threads or default_num_threads()),
@@ -68,3 +71,13 @@ def machine_info(precision: str | None = None, num_threads: int | None = None) -
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+    if device is not None:
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            index = dev.index if dev.index is not None else torch.cuda.current_device()
+            info["device"] = f"cuda:{index}"
+            info["gpu"] = torch.cuda.get_device_name(index)
+            info["cuda"] = torch.version.cuda
+        else:
+            info["device"] = str(dev)
+    return info

@@ -8,6 +8,12 @@ names ``batch`` and ``seq`` (e.g. ``"batch*seq"``); :func:`concrete` evaluates o
 Functions that transform passes put into the graph may declare the op kind they implement with a
 ``_mase_op`` attribute (e.g. ``compressed_linear._mase_op = "linear"``), so re-annotating a
 transformed graph keeps its semantics.
+
+Norms written by hand (HF's ``LlamaRMSNorm`` and kin: pow, mean, rsqrt, mul) are recognised by their
+module class (:func:`is_rms_norm_class`): every computing node inside such a module is a
+``layer_norm`` node. Fused query/key/value projections (GPT-2's ``c_attn``, ModernBERT's ``Wqkv``;
+:data:`FUSED_QKV_MODULES`) are ``linear`` nodes whose :attr:`NodeMeta.fused_qkv` gives the output
+features of the query, key and value parts, in that order along the output dimension.
 """
 
 from __future__ import annotations
@@ -64,6 +70,21 @@ _KIND_BY_ATEN_NAME = {
 }
 
 
+#: Norm module classes written out by hand that are not named ``*RMSNorm`` (T5's RMS norm).
+RMS_NORM_CLASSES = frozenset({"T5LayerNorm", "MT5LayerNorm", "LongT5LayerNorm"})
+
+#: ``(attention module class, projection attribute)`` of fused query/key/value projections whose output
+#: is ``[q | k | v]`` in equal thirds.
+FUSED_QKV_MODULES = frozenset({("GPT2Attention", "c_attn"), ("ModernBertAttention", "Wqkv")})
+
+_NORM_OVERRIDABLE = ("elementwise", "other", "activation")
+
+
+def is_rms_norm_class(name: str | None) -> bool:
+    """Whether a module class name is a hand-written RMS norm (``*RMSNorm``, T5's ``T5LayerNorm``)."""
+    return bool(name) and (name.endswith("RMSNorm") or name in RMS_NORM_CLASSES)
+
+
 @dataclass(frozen=True)
 class TensorMeta:
     """Shape (ints or symbolic strings over ``batch``/``seq``) and dtype of one tensor."""
@@ -93,6 +114,8 @@ class NodeMeta:
     """The typed record in ``node.meta["mase"]``.
 
     ``annotations`` is where passes add their own facts (e.g. ``"quant"``, ``"sparsity"``).
+    ``fused_qkv``: for a fused query/key/value projection, the output features of its q, k and v parts
+    (they sum to ``out_features``); ``None`` otherwise.
     """
 
     op: str
@@ -105,6 +128,7 @@ class NodeMeta:
     in_features: int | None = None
     out_features: int | None = None
     annotations: dict[str, Any] = field(default_factory=dict)
+    fused_qkv: tuple[int, int, int] | None = None
 
     @property
     def num_params(self) -> int:
@@ -208,16 +232,33 @@ def _tensor_metas(value: Any, names: dict[str, str]) -> list[TensorMeta]:
     return []
 
 
-def _module_of(node: fx.Node) -> tuple[str | None, str | None]:
+def _module_stack(node: fx.Node) -> list[tuple[str | None, str | None]]:
+    """``(path, class name)`` of the modules a node was traced in, outermost first."""
     stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return None, None
-    path, cls = list(stack.values())[-1]
-    if path == "_empty_nn_module_stack_from_metadata_hook":  # export's marker for shape-only nodes
-        return None, None
-    if isinstance(cls, type):
-        cls = f"{cls.__module__}.{cls.__qualname__}"
-    return (path or None), (str(cls).rsplit(".", 1)[-1] if cls else None)
+    out = []
+    for path, cls in (stack or {}).values():
+        if path == "_empty_nn_module_stack_from_metadata_hook":  # export's marker for shape-only nodes
+            return []
+        if isinstance(cls, type):
+            cls = f"{cls.__module__}.{cls.__qualname__}"
+        out.append(((path or None), (str(cls).rsplit(".", 1)[-1] if cls else None)))
+    return out
+
+
+def _module_of(node: fx.Node) -> tuple[str | None, str | None]:
+    stack = _module_stack(node)
+    return stack[-1] if stack else (None, None)
+
+
+def _fused_qkv(node: fx.Node, out_features: int | None) -> tuple[int, int, int] | None:
+    stack = _module_stack(node)
+    if len(stack) < 2 or not out_features or out_features % 3:
+        return None
+    (path, _), (_, parent_cls) = stack[-1], stack[-2]
+    attr = (path or "").rsplit(".", 1)[-1]
+    if (parent_cls, attr) in FUSED_QKV_MODULES:
+        return (out_features // 3,) * 3
+    return None
 
 
 def node_meta(node: fx.Node, gm: fx.GraphModule, names: dict[str, str], trainable: set[str]) -> NodeMeta:
@@ -241,6 +282,9 @@ def node_meta(node: fx.Node, gm: fx.GraphModule, names: dict[str, str], trainabl
         outputs = _tensor_metas(operator.attrgetter(node.target)(gm), names)
     else:
         outputs = _tensor_metas(node.meta.get("val"), names)
+    if (kind in _NORM_OVERRIDABLE and node.op == "call_function" and not node.meta.get("mase_internal")
+            and is_rms_norm_class(cls)):
+        kind = "layer_norm"
     meta = NodeMeta(
         op=kind,
         target=_target_name(node),
@@ -254,6 +298,7 @@ def node_meta(node: fx.Node, gm: fx.GraphModule, names: dict[str, str], trainabl
         weight = params[0]
         if len(weight.shape) == 2:
             meta.out_features, meta.in_features = weight.shape
+            meta.fused_qkv = _fused_qkv(node, meta.out_features)
     old = node.meta.get("mase")
     if isinstance(old, NodeMeta):
         meta.annotations = dict(old.annotations)

@@ -12,6 +12,13 @@ cannot), keeps the original parameter names and fills ``node.meta`` with fake-te
   so the graph follows ``.to(device)``;
 * ``_assert_tensor_metadata`` nodes pin the export-time device; they are dropped (they check nothing
   the graph's own ops would not).
+
+Before export, :func:`export_module` makes two model-level normalisations: GPT-2-style ``Conv1D``
+projections (``y = x @ W + b`` with ``W`` stored ``[in, out]``) are replaced in place by equivalent
+``nn.Linear`` modules (:func:`linearise_conv1d`), so every pass sees a ``linear`` node with the right
+in/out features; and ``config.use_cache`` is switched off while exporting (a decoder's key/value
+cache is not a tensor output). A model that cannot be traced gives one :class:`TraceError` naming the
+innermost submodule that was running when export failed and what failed.
 """
 
 from __future__ import annotations
@@ -77,6 +84,54 @@ def _check_dynamic(ep: torch.export.ExportedProgram, example_inputs: Mapping[str
             )
 
 
+def linearise_conv1d(model: nn.Module) -> list[str]:
+    """Replace every ``transformers.pytorch_utils.Conv1D`` of ``model`` in place by an ``nn.Linear``
+    computing the same function (weight transposed to ``[out, in]``, same bias, dtype and device; the
+    parameter names stay the same). Returns the qualified names of the replaced modules."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return []
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, Conv1D):
+            continue
+        n_in, n_out = module.weight.shape
+        linear = nn.Linear(n_in, n_out, bias=module.bias is not None, device=module.weight.device,
+                           dtype=module.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(module.weight.t())
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        linear.weight.requires_grad_(module.weight.requires_grad)
+        linear.train(module.training)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, linear)
+        replaced.append(name)
+    if replaced:
+        log.info("replaced %d Conv1D modules by nn.Linear (e.g. %s)", len(replaced), replaced[0])
+    return replaced
+
+
+def _failing_module(exc: BaseException, model: nn.Module) -> str | None:
+    """``"path (Class)"`` of the innermost submodule of ``model`` whose code was running when ``exc`` was
+    raised (from the traceback's ``self`` locals), or ``None``."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found = None
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            obj = tb.tb_frame.f_locals.get("self")
+            if isinstance(obj, nn.Module) and id(obj) in names:
+                name = names[id(obj)]
+                found = f"{name!r} ({type(obj).__name__})" if name else f"{type(obj).__name__}.forward"
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
 def export_module(
     model: nn.Module,
     example_inputs: Mapping[str, Any],
@@ -109,9 +164,14 @@ def export_module(
             )
     if dynamic_shapes is None:
         dynamic_shapes = dynamic_shapes_for(example_inputs)
+    linearise_conv1d(model)
+    config = getattr(model, "config", None)
+    use_cache = getattr(config, "use_cache", None)
     was_training = model.training
     model.train()
     try:
+        if use_cache:
+            config.use_cache = False
         with torch.no_grad():
             ep = torch.export.export(
                 model, (), dict(example_inputs), dynamic_shapes=dict(dynamic_shapes), strict=False
@@ -120,9 +180,14 @@ def export_module(
         raise TraceError(f"example inputs do not match {type(model).__name__}.forward: {exc}") from exc
     except Exception as exc:  # torch.export raises many types (UserError, GuardOnDataDependent, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TraceError(f"could not trace {type(model).__name__} with torch.export: {first}") from exc
+        where = _failing_module(exc, model)
+        at = f" in {'module ' if where and not where.endswith('.forward') else ''}{where}" if where else ""
+        raise TraceError(f"could not trace {type(model).__name__} with torch.export{at}: "
+                         f"{type(exc).__name__}: {first}") from exc
     finally:
         model.train(was_training)
+        if use_cache:
+            config.use_cache = use_cache
     _check_dynamic(ep, example_inputs)
     return ep
 

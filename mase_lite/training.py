@@ -52,6 +52,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 import time
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
@@ -59,7 +60,7 @@ import numpy as np
 import torch
 
 from .config import Config, check_range
-from .errors import DataError, MaseError
+from .errors import ConfigError, DataError, MaseError
 from .machine import cpu_flags, default_num_threads
 from .weight_scope import frozen_weights
 
@@ -78,6 +79,8 @@ class TrainConfig(Config):
 
     ``eval_every``: call the callback every that many optimizer steps (0: once at the end of each
     epoch). ``max_grad_norm = 0`` disables clipping. ``num_threads = None``: the CPUs available.
+    ``device``: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``
+    (:func:`resolve_device`); on CUDA ``precision = "auto"`` means bf16 autocast.
     """
 
     epochs: int = 1
@@ -97,6 +100,7 @@ class TrainConfig(Config):
     eval_batch_size: int = 128
     num_threads: Optional[int] = None
     progress: bool = True
+    device: str = "auto"
 
     def validate(self, path: str = "") -> None:
         p = f"{path}." if path else ""
@@ -113,6 +117,7 @@ class TrainConfig(Config):
         check_range(f"{p}log_every", self.log_every, 1)
         if self.num_threads is not None:
             check_range(f"{p}num_threads", self.num_threads, 1)
+        check_device(f"{p}device", self.device)
 
 
 @dataclasses.dataclass
@@ -132,6 +137,7 @@ class TrainResult:
     final_loss: float  # mean training loss of the last ``log_every`` steps
     precision: str
     num_threads: int
+    device: str = "cpu"  # the resolved device, e.g. "cpu", "cuda:0"
 
 
 @dataclasses.dataclass
@@ -153,15 +159,69 @@ Callback = Callable[[TrainState], Any]
 # --------------------------------------------------------------------------- environment
 
 
+#: What ``TrainConfig.device`` takes.
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(path: str, device: Any) -> str:
+    """Return ``device`` if it is one of :data:`DEVICE_CHOICES` (syntax only), else raise a ConfigError."""
+    if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
+        raise ConfigError(f"{path} = {device!r} is not valid; choose one of: {', '.join(map(repr, DEVICE_CHOICES))} "
+                          f"(N: a CUDA device index)")
+    return device
+
+
+def resolve_device(device: str | torch.device = "auto", path: str = "train.device") -> torch.device:
+    """The :class:`torch.device` that ``device`` names: ``auto`` -> ``cuda`` when CUDA is available, else
+    ``cpu``. ``cuda``/``cuda:N`` without CUDA (or N out of range) is a ConfigError naming ``path``."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    check_device(path, device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ConfigError(f"{path} = {device!r} but CUDA is not available ({why}; torch {torch.__version__}); "
+                          f"use 'auto' or 'cpu'")
+    dev = torch.device(device)
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise ConfigError(f"{path} = {device!r} but only {count} CUDA device(s) are visible "
+                          f"(cuda:0..cuda:{count - 1})")
+    return dev
+
+
+def device_name(device: torch.device) -> str:
+    """``"cpu"`` or ``"cuda:N"`` (the index filled in)."""
+    if device.type == "cuda":
+        return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+    return str(device)
+
+
 def _cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def resolve_precision(precision: str) -> str:
-    """``"auto"`` -> ``"bf16"`` on CPUs with native bf16 dot products (AVX512-BF16/AMX), else ``"fp32"``."""
+def resolve_precision(precision: str, device: str | torch.device | None = None) -> str:
+    """``"auto"`` -> ``"bf16"`` on CPUs with native bf16 dot products (AVX512-BF16/AMX), else ``"fp32"``;
+    on a CUDA ``device``, ``"bf16"`` where the GPU supports it, else ``"fp32"``."""
     if precision == "auto":
+        if device is not None and torch.device(device).type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if _cpu_has_native_bf16() else "fp32"
     return precision
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (the CPU for a model without tensors)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 @contextlib.contextmanager
@@ -176,10 +236,16 @@ def torch_threads(n: int | None) -> Iterator[int]:
         torch.set_num_threads(prev)
 
 
-def _autocast(precision: str):
+def _autocast(precision: str, device_type: str = "cpu"):
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cpu":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 @contextlib.contextmanager
@@ -340,14 +406,22 @@ def evaluate(
     num_threads: int | None = None,
     pad_id: int = 0,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> EvalResult:
-    """Accuracy and mean cross-entropy of ``model`` on ``ds``; the model's train/eval mode is restored."""
-    from tqdm.auto import tqdm
+    """Accuracy and mean cross-entropy of ``model`` on ``ds``; the model's train/eval mode is restored.
+
+    ``device``: move the model there first (``auto``/``cpu``/``cuda``/``cuda:N``, see
+    :func:`resolve_device`); ``None``: evaluate where the model is. ``precision`` resolves for that device.
+    """
+    from .progress import nested_progress as tqdm  # bars on a terminal only (see mase_lite.progress)
 
     data = TokenArrays.from_dataset(ds)
     if len(data) == 0:
         raise DataError("cannot evaluate on an empty dataset")
-    prec = resolve_precision(precision)
+    if device is not None:
+        model.to(resolve_device(device))
+    dev = _model_device(model)
+    prec = resolve_precision(precision, dev)
     was_training = model.training
     correct = 0
     loss_sum = 0.0
@@ -357,8 +431,8 @@ def evaluate(
         # weights cannot change during an evaluation, so derived weights may be cached for its length
         with torch_threads(num_threads), torch.inference_mode(), frozen_weights():
             for rows in tqdm(batches, desc="eval", leave=False, disable=not progress):
-                batch = data.collate(rows, pad_id)
-                with _autocast(prec):
+                batch = _to_device(data.collate(rows, pad_id), dev)
+                with _autocast(prec, dev.type):
                     out = model(**batch)
                 logits = out.logits.float()
                 correct += int((logits.argmax(-1) == batch["labels"]).sum())
@@ -387,15 +461,18 @@ def train(
     may call ``state.evaluate()`` and may raise to stop training (e.g. ``optuna.TrialPruned``), which
     propagates. Raises :class:`TrainingDivergedError` when the loss is NaN/inf. Seeded: the same
     ``cfg.seed``, model and data give the same result on the same machine and thread count.
+    The model is moved to ``cfg.device`` (:func:`resolve_device`) and stays there.
     """
-    from tqdm.auto import tqdm
+    from .progress import nested_progress as tqdm  # bars on a terminal only (see mase_lite.progress)
 
     cfg = cfg or TrainConfig()
     data = TokenArrays.from_dataset(train_ds)
     n = len(data)
     if n == 0:
         raise DataError("cannot train on an empty dataset")
-    prec = resolve_precision(cfg.precision)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    prec = resolve_precision(cfg.precision, device)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_ratio * total))
@@ -409,7 +486,8 @@ def train(
         if target is None:
             raise MaseError("state.evaluate() needs a dataset: pass eval_ds to train() or a dataset to evaluate()")
         try:
-            return evaluate(model, target, batch_size=cfg.eval_batch_size, precision=prec, num_threads=nthreads, pad_id=pad_id)
+            return evaluate(model, target, batch_size=cfg.eval_batch_size, precision=prec, num_threads=nthreads,
+                            pad_id=pad_id)
         finally:
             to_train()
 
@@ -436,8 +514,8 @@ def train(
                     lr = lr_at(step, total, warmup, cfg.lr)
                     for g in optimizer.param_groups:
                         g["lr"] = lr
-                    batch = data.collate(rows, pad_id)
-                    with _autocast(prec):
+                    batch = _to_device(data.collate(rows, pad_id), device)
+                    with _autocast(prec, device.type):
                         out = model(**batch)
                     loss = out.loss
                     value = float(loss.detach())
@@ -490,9 +568,10 @@ def train(
         final_loss=sum(recent) / len(recent),
         precision=prec,
         num_threads=nthreads,
+        device=device_name(device),
     )
     log.info(
-        "trained %d steps in %.1f s (%.0f tokens/s, %s, %d threads), final loss %.4f",
-        step, seconds, result.tokens_per_s, prec, nthreads, result.final_loss,
+        "trained %d steps in %.1f s (%.0f tokens/s, %s, %s, %d threads), final loss %.4f",
+        step, seconds, result.tokens_per_s, prec, result.device, nthreads, result.final_loss,
     )
     return result

@@ -29,17 +29,22 @@ import torch
 
 from mase_lite.config import Config, load_toml
 from mase_lite.errors import ConfigError, MaseError, PassError
-from mase_lite.graph import MaseGraph
+from mase_lite.graph import HistoryEntry, MaseGraph
 
-from .registry import get_pass
+from .registry import PassContext, get_pass
 
 log = logging.getLogger(__name__)
 
 PipelineSpec = list[tuple[str, Any]]
 
 
-def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | None = None) -> tuple[MaseGraph, dict[str, Any]]:
+def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | None = None, *,
+             context: PassContext | None = None, version: int | None = None) -> tuple[MaseGraph, dict[str, Any]]:
     """Run pass ``name`` on ``graph`` and return ``(graph, info)``.
+
+    ``context``: data for passes registered with ``takes_context=True`` (see
+    :mod:`passes.registry`); other passes ignore it. ``version``: the pass version a replayed history
+    entry was made with (``MaseGraph.load``); newer than the installed pass is a MaseError.
 
     What the runner does for every pass (passes do not):
 
@@ -54,23 +59,37 @@ def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | N
       A pass therefore never edits an existing tensor in place: it registers a new one, or calls
       ``graph.write_tensor``, which the runner applies on success; the runner checks tensor
       version counters and reports a pass that edits in place as a PassError;
-    * records transform passes in ``graph.history`` (for replay by ``MaseGraph.load``).
+    * records transform passes (and recorded analysis passes) in ``graph.history`` with the pass's
+      version and the config as the pass left it (data-dependent choices resolved), for replay by
+      ``MaseGraph.load``.
     """
     spec = get_pass(name)
+    if version is not None and version > spec.version:
+        raise MaseError(f"history entry {name!r} was made by version {version} of the pass; this mase-lite has "
+                        f"version {spec.version}: upgrade mase-lite to load it")
+    if context is not None and not isinstance(context, PassContext):
+        raise ConfigError(f"context must be a passes.PassContext, got {type(context).__name__}")
     if isinstance(config, spec.config_cls):
         cfg = copy.deepcopy(config)
     elif config is None or isinstance(config, Mapping):
         cfg = spec.config_cls.from_dict(copy.deepcopy(dict(config or {})), path=name)
     else:
         raise ConfigError(f"config of pass {name!r} must be a dict or {spec.config_cls.__name__}, got {type(config).__name__}")
+    fn = spec.fn
+    if spec.takes_context:
+        ctx = context if context is not None else PassContext()
+        fn = lambda g, c: spec.fn(g, c, ctx)  # noqa: E731
     if spec.kind == "analysis":
-        return _run_analysis(graph, name, spec.fn, cfg)
+        graph, info = _run_analysis(graph, name, fn, cfg)
+        if spec.recorded:
+            graph.history.append(HistoryEntry(name, cfg.to_dict(), spec.version))
+        return graph, info
     versions = _tensor_versions(graph)
     work = graph.copy(share_tensors=True)
     staged: list[tuple[Any, Any]] = []
     work.__dict__["_staged_writes"] = staged
     try:
-        result, info = _call(name, spec.fn, work, cfg)
+        result, info = _call(name, fn, work, cfg)
     finally:
         work.__dict__.pop("_staged_writes", None)
     touched = [k for k, (t, v) in versions.items() if t._version != v]
@@ -81,7 +100,7 @@ def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | N
     with torch.no_grad():
         for tensor, value in staged:
             tensor.copy_(value)
-    result.history.append((name, cfg.to_dict()))
+    result.history.append(HistoryEntry(name, cfg.to_dict(), spec.version))
     graph.adopt(result)
     log.info("pass %s done", name)
     return graph, info
@@ -158,12 +177,13 @@ def parse_pipeline(data: Mapping[str, Any] | Iterable[Any]) -> PipelineSpec:
     return steps
 
 
-def run_pipeline(graph: MaseGraph, pipeline: Mapping[str, Any] | Iterable[Any] | str | Path) -> tuple[MaseGraph, dict[str, Any]]:
+def run_pipeline(graph: MaseGraph, pipeline: Mapping[str, Any] | Iterable[Any] | str | Path, *,
+                 context: PassContext | None = None) -> tuple[MaseGraph, dict[str, Any]]:
     """Run a pipeline (a TOML path, mapping or list; see :func:`parse_pipeline`) in order.
 
     Returns ``(graph, {pass_name: info})`` (a repeated pass's infos are ``name#2``...). All configs
     are validated before the first pass runs; if a pass fails, ``graph`` is left as it was before
-    the whole pipeline.
+    the whole pipeline. ``context`` is given to every pass that takes one.
     """
     if isinstance(pipeline, (str, Path)):
         pipeline = load_toml(pipeline)
@@ -171,7 +191,7 @@ def run_pipeline(graph: MaseGraph, pipeline: Mapping[str, Any] | Iterable[Any] |
     work = graph.copy(share_tensors=True)
     infos: dict[str, Any] = {}
     for name, cfg in steps:
-        _, info = run_pass(work, name, cfg)
+        _, info = run_pass(work, name, cfg, context=context)
         key, k = name, 2
         while key in infos:
             key, k = f"{name}#{k}", k + 1

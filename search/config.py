@@ -12,14 +12,14 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 
 from mase_lite.config import Config, check_choice, check_range, load_toml
-from mase_lite.data import DataConfig
+from mase_lite.data import DEFAULT_TOKENIZER, DataConfig
 from mase_lite.errors import ConfigError, MaseError
 from mase_lite.models import ModelConfig
-from mase_lite.training import TrainConfig, resolve_precision
+from mase_lite.training import TrainConfig, resolve_device, resolve_precision
 
 from .objectives import METRICS, OBJECTIVES
 from .samplers import SamplerOptions, parse_sampler
@@ -59,6 +59,10 @@ class SearchError(MaseError):
     """A search cannot start or continue (storage, existing studies, resume)."""
 
 
+#: What ``search.pruner`` takes.
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -68,11 +72,28 @@ class SearchSection(Config):
 
     ``samplers``: ``grid``, ``random``, ``tpe``, ``nsga2``, optionally with ``+nodes`` (per-node
     identity choices; not for grid). ``variants``: ``baseline``, ``compress``, ``compress_finetune``.
-    ``objectives``: default ``["accuracy"]``, and ``["accuracy", "compressed_size"]`` for nsga2.
+    ``objectives``: default ``["accuracy"]``, and ``["accuracy", "compressed_size"]`` for nsga2; also
+    ``exported_bytes`` (the compact export's measured size) and ``latency_ms`` (ONNX Runtime batch-1
+    median latency, pinned threads; needs the deploy extra), see ``search.objectives.METRICS``.
     ``n_trials``: trials that train per study (default: the grid's size for grid, else 20).
     ``storage``: an Optuna RDB URL (default: ``sqlite:///<run dir>/optuna.db``).
+    ``storage`` may also be ``journal:PATH`` (Optuna's journal file storage: several processes
+    without a server). ``artifacts``: the folder of the Optuna ``FileSystemArtifactStore`` that best
+    graphs are uploaded to (default: ``<run dir>/artifacts``); give a folder every worker mounts so
+    that any worker's summary can fetch every best graph. ``reuse_duplicates``: a trial whose
+    parameters equal an earlier complete trial's reuses its result instead of training (it counts
+    against ``n_trials``, as the sampler spent a proposal on it).
     ``gc_after_trial``: run the garbage collector after each trial (frees big models' memory at once;
     about 0.3 s a trial).
+    ``size_budget_bytes``: a trial whose compressed size (cost pass) exceeds it is infeasible: an
+    Optuna constraint that TPE and NSGA-II sample with, and the best trial / Pareto front in the
+    summary is chosen among feasible trials only.
+    ``pruner``: early stopping of trials that train badly, one of :data:`PRUNERS` (Optuna's
+    ``MedianPruner``, ``SuccessiveHalvingPruner``, ``HyperbandPruner``; single-objective studies
+    only): every ``eval_every`` optimizer steps of the (first) training phase, the accuracy on a fixed
+    seeded subset of ``pruner_val_rows`` validation rows is reported to it. An early-stopped trial
+    counts against ``n_trials`` (it cost compute). ``pruner_startup_trials``: trials that are never
+    stopped (the median pruner's ``n_startup_trials``).
     """
 
     name: str = "search"
@@ -82,11 +103,24 @@ class SearchSection(Config):
     n_trials: int | None = None
     objectives: list[str] | None = None
     storage: str | None = None
+    artifacts: str | None = None
+    reuse_duplicates: bool = True
     save_graphs: bool = True
     max_failures_in_a_row: int = 5
     heartbeat_interval: int = 60
     gc_after_trial: bool = True
     sampler_options: SamplerOptions = dataclasses.field(default_factory=SamplerOptions)
+    #: Trials whose compressed size (cost pass) exceeds this many bytes are infeasible (an Optuna
+    #: constraint: TPE and NSGA-II sample with it, the summary's best is the best feasible trial).
+    size_budget_bytes: Optional[float] = None
+    #: Train each architecture (with its identity choices) once per process and copy the trained
+    #: graph for later trials that sample it again (training is seeded: only time changes), e.g. when
+    #: a study searches per-node compression choices ([space.compression]) over few architectures.
+    reuse_trained: bool = False
+    pruner: str = "none"
+    eval_every: int = 50
+    pruner_val_rows: int = 500
+    pruner_startup_trials: int = 5
 
     def validate(self, path: str = "") -> None:
         p = f"{path}." if path else ""
@@ -109,10 +143,40 @@ class SearchSection(Config):
                 check_choice(f"{p}objectives[{i}]", o, list(METRICS))
             if len(set(self.objectives)) != len(self.objectives):
                 raise ConfigError(f"{p}objectives = {self.objectives} has repeated values")
+            if "latency_ms" in self.objectives:
+                from passes.export.onnx import onnx_available
+
+                if not onnx_available():
+                    raise ConfigError(f"{p}objectives: 'latency_ms' is measured with ONNX Runtime, which is not "
+                                      "installed; pip install 'mase-lite[deploy]' or drop 'latency_ms'")
         if self.n_trials is not None:
             check_range(f"{p}n_trials", self.n_trials, 1)
         check_range(f"{p}max_failures_in_a_row", self.max_failures_in_a_row, 0)
         check_range(f"{p}heartbeat_interval", self.heartbeat_interval, 1)
+        if self.size_budget_bytes is not None:
+            check_range(f"{p}size_budget_bytes", self.size_budget_bytes, 1.0)
+        if self.artifacts is not None and not str(self.artifacts).strip():
+            raise ConfigError(f"{p}artifacts = {self.artifacts!r}: give a folder (or leave it out for <run dir>/artifacts)")
+        check_choice(f"{p}pruner", self.pruner, PRUNERS)
+        check_range(f"{p}eval_every", self.eval_every, 1)
+        check_range(f"{p}pruner_val_rows", self.pruner_val_rows, 1)
+        check_range(f"{p}pruner_startup_trials", self.pruner_startup_trials, 0)
+        if self.pruner != "none":
+            multi = [(s, self.objectives_for(parse_sampler(s)[0])) for s in self.samplers]
+            multi = [(s, o) for s, o in multi if len(o) > 1]
+            if multi:
+                raise ConfigError(
+                    f"{p}pruner = {self.pruner!r} needs single-objective studies, but sampler {multi[0][0]!r} "
+                    f"optimises objectives = {multi[0][1]} (Optuna's pruners are single-objective); "
+                    f"set {p}pruner = 'none' or a single objective"
+                )
+
+    def pruner_fingerprint(self) -> dict[str, Any] | None:
+        """The pruner settings that change which trials finish (``None`` without a pruner)."""
+        if self.pruner == "none":
+            return None
+        return {"pruner": self.pruner, "eval_every": self.eval_every, "pruner_val_rows": self.pruner_val_rows,
+                "pruner_startup_trials": self.pruner_startup_trials}
 
     def objectives_for(self, sampler: str) -> list[str]:
         if self.objectives is not None:
@@ -148,6 +212,8 @@ class RunConfig(Config):
         return d
 
     def validate(self, path: str = "") -> None:
+        if self.data.tokenizer is None:  # search builds models from [model]: no checkpoint tokenizer to default to
+            self.data.tokenizer = DEFAULT_TOKENIZER
         self.finetune_config()
         if self.finetune and "compress_finetune" not in self.search.variants:
             key = next(iter(self.finetune))
@@ -165,8 +231,14 @@ class RunConfig(Config):
             )
         if self.data.num_labels != self.model.num_labels:
             raise ConfigError(f"data.num_labels = {self.data.num_labels} but model.num_labels = {self.model.num_labels}")
+        if self.space.compression is not None and "baseline" in self.search.variants:
+            raise ConfigError(
+                f"space.compression (per-node compression choices) needs a compressing variant, but "
+                f"search.variants = {self.search.variants} includes 'baseline'; use 'compress' and/or "
+                f"'compress_finetune'"
+            )
         if any(v in ("compress", "compress_finetune") for v in self.search.variants) or any(
-            o == "compressed_size" for s in self.search.samplers for o in self.search.objectives_for(parse_sampler(s)[0])
+            o.startswith("compressed_size") for s in self.search.samplers for o in self.search.objectives_for(parse_sampler(s)[0])
         ):
             from passes import parse_pipeline
 
@@ -261,8 +333,12 @@ def study_fingerprint(cfg: RunConfig, spec: StudySpec) -> dict[str, Any]:
         "data": {k: v for k, v in cfg.data.to_dict().items() if k not in ("data_dir", "cache_dir")},
         "train": train,
     }
+    if cfg.search.pruner_fingerprint() is not None:  # absent without one: older studies stay valid
+        d["pruner"] = cfg.search.pruner_fingerprint()
     if spec.variant != "baseline" or "compressed_size" in spec.objectives:
         d["compression"] = cfg.compression
+    if cfg.search.size_budget_bytes is not None:  # absent without one: older studies stay valid
+        d["size_budget_bytes"] = cfg.search.size_budget_bytes
     if spec.variant == "compress_finetune":
         d["finetune"] = _recipe_fingerprint(cfg.finetune_config(spec.seed))
     return d
@@ -271,8 +347,13 @@ def study_fingerprint(cfg: RunConfig, spec: StudySpec) -> dict[str, Any]:
 def _recipe_fingerprint(train: TrainConfig) -> dict[str, Any]:
     """The training fields that change results, with the precision as this host resolves it
     (``auto`` means fp32 on one CPU and bf16 on another, which score differently)."""
-    d = {k: v for k, v in train.to_dict().items() if k not in _NEUTRAL_TRAIN_FIELDS}
-    d["precision"] = resolve_precision(train.precision)
+    d = {k: v for k, v in train.to_dict().items() if k not in (*_NEUTRAL_TRAIN_FIELDS, "device")}
+    device = resolve_device(train.device)
+    if device.type == "cpu":
+        d["precision"] = resolve_precision(train.precision)
+    else:  # recorded only off the CPU, so CPU studies made before the device option stay valid
+        d["precision"] = resolve_precision(train.precision, device)
+        d["device"] = device.type
     return d
 
 

@@ -31,7 +31,7 @@ class Trainer(abc.ABC):
     Contract of :meth:`train_and_eval`: train ``graph`` in place with the recipe ``cfg`` on
     ``splits.train`` unless ``train`` is False (``callback`` as for :func:`mase_lite.training.train`;
     a fake may ignore it), then evaluate it on the split named ``split`` (default ``val``; ``None``:
-    no evaluation) with ``cfg``'s precision, batch size and threads. Return ``accuracy``, ``loss``,
+    no evaluation) with ``cfg``'s precision, batch size, threads and device (the graph is moved there). Return ``accuracy``, ``loss``,
     ``n`` and ``eval_s`` when it evaluated, plus ``train_s``, ``train_loss`` and ``training`` (the
     :class:`~mase_lite.training.TrainResult` as a dict) when it trained. Raise (e.g.
     :class:`mase_lite.training.TrainingDivergedError`) when training fails.
@@ -66,7 +66,7 @@ class RecipeTrainer(Trainer):
         if eval_ds is not None:
             t0 = time.perf_counter()
             ev = evaluate(graph, eval_ds, batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                          num_threads=cfg.num_threads, pad_id=pad_id)
+                          num_threads=cfg.num_threads, pad_id=pad_id, device=cfg.device)
             out["eval_s"] = time.perf_counter() - t0
             out.update(accuracy=float(ev.accuracy), loss=float(ev.loss), n=ev.n)
         return out
@@ -98,10 +98,22 @@ class Lifecycle:
 
     # -- data
     def load_data(self, data_cfg: Any, model: Any, splits: Sequence[str] = ("train", "val", "test")) -> Any:
-        """The splits for ``model`` (a module, graph or config), checked against it first."""
+        """The splits for ``model`` (a module, graph or config), checked against it first.
+
+        The tokenizer is :meth:`tokenizer_config`'s choice; a decoder's pad token is settled against
+        ``model`` (:func:`mase_lite.data.resolve_pad_token`)."""
         from mase_lite.data import load_checked_splits
 
-        return load_checked_splits(data_cfg, model, splits)
+        out = load_checked_splits(self.tokenizer_config(data_cfg, model), model, splits)
+        self.__dict__["_splits"] = out  # compress() calibrates on these when it is given none
+        return out
+
+    def tokenizer_config(self, data_cfg: Any, model: Any) -> Any:
+        """``data_cfg`` with its tokenizer chosen: ``data.tokenizer`` if set, else ``model``'s checkpoint
+        directory when it ships tokenizer files, else bert-base-uncased (:func:`mase_lite.data.resolve_tokenizer`)."""
+        from mase_lite.data import resolve_tokenizer
+
+        return resolve_tokenizer(data_cfg, model)
 
     # -- training
     def train_and_eval(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool = True, *,
@@ -119,11 +131,18 @@ class Lifecycle:
         graph, _ = run_pass(graph, "replace_linear_with_identity", {"module_paths": list(module_paths)})
         return graph
 
-    def compress(self, graph: MaseGraph, pipeline: dict[str, Any]) -> MaseGraph:
-        """Run the compression pipeline (``{"passes": ...}``) on ``graph``."""
+    def compress(self, graph: MaseGraph, pipeline: dict[str, Any], splits: Any = None, *,
+                 calibration_batches: int = 8, seed: int = 0) -> MaseGraph:
+        """Run the compression pipeline (``{"passes": ...}``) on ``graph``. When it needs calibrated
+        ranges (integer ``"auto"`` or scaled-integer activations), ``calibrate`` runs first on
+        ``calibration_batches`` seeded batches of ``splits.train`` (default: the splits this lifecycle
+        loaded last); see :func:`passes.analysis.calibrate.with_calibration`."""
         from passes import run_pipeline
+        from passes.analysis.calibrate import with_calibration
 
-        graph, _ = run_pipeline(graph, pipeline)
+        splits = splits if splits is not None else self.__dict__.get("_splits")
+        pipeline, context = with_calibration(graph, pipeline, splits, num_batches=calibration_batches, seed=seed)
+        graph, _ = run_pipeline(graph, pipeline, context=context)
         return graph
 
     def cost(self, graph: MaseGraph) -> dict[str, Any]:

@@ -13,7 +13,15 @@ it on the validation split. Then:
 Finally the ``cost`` pass measures the final graph. Everything goes into Optuna user attributes:
 ``arch``, ``accuracy`` (final) and ``accuracy_trained`` / ``accuracy_compressed`` /
 ``accuracy_finetuned``, ``cost``, ``timings`` (seconds per phase), ``graph_dir`` when the graph was
-saved. A trial whose model cannot be built is pruned (``prune_reason``); one that raises (e.g. NaN
+saved; ``sparsity`` (the cost pass's pruned fraction, rounding zeros and effective sparsity, see
+:func:`sparsity_attrs`); with ``[space.compression]``, ``compression_choices`` (the per-node format,
+width, fraction width and sparsity the trial compressed with, instead of ``[compression]``); with
+``search.size_budget_bytes``, the Optuna constraint ``size_budget_bytes`` (compressed size minus the
+budget; ``trial.set_constraint``, Optuna 5's replacement of the samplers' ``constraints_func``),
+``size_excess_bytes`` and ``feasible``. A trial whose model cannot be built is pruned (``prune_reason``); one that the study's pruner
+stops early (``search.pruner``: intermediate accuracies on a fixed validation subset, reported during
+the first training phase by :class:`PrunerReporter`) is pruned too, but marked ``early_stopped`` with
+``early_stop`` (step, accuracy) and counts against the budget; one that raises (e.g. NaN
 loss) records ``fail_reason`` and re-raises, so Optuna marks it FAIL and the study goes on (the
 runner passes ``catch=(Exception,)``); Ctrl-C marks it ``interrupted``.
 
@@ -39,7 +47,7 @@ import optuna
 from mase_lite.errors import MaseError
 from mase_lite.graph import MaseGraph
 from mase_lite.machine import machine_info
-from mase_lite.training import TrainConfig, resolve_precision
+from mase_lite.training import TrainConfig, TrainState, resolve_device, resolve_precision
 
 from .lifecycle import Lifecycle, default_lifecycle
 from .space import InvalidArchitecture, SearchSpace, describe_graph
@@ -50,21 +58,148 @@ log = logging.getLogger(__name__)
 METRICS = {
     "accuracy": ("maximize", "final validation accuracy"),
     "compressed_size": ("minimize", "bytes of the final graph, quantised and sparse (cost pass)"),
+    "compressed_size_non_embedding": ("minimize", "bytes of the final graph's non-embedding parameters, "
+                                                  "quantised and sparse (cost pass): the layers compression acts on"),
+    "exported_bytes": ("minimize", "bytes of the final graph's compact export on disk (measured)"),
+    "latency_ms": ("minimize", "ONNX Runtime batch-1 latency, median of LATENCY_RUNS runs, "
+                               "LATENCY_THREADS thread(s) (measured; needs the deploy extra)"),
 }
+
+#: Measured objectives (:func:`measure_objectives`): the graph is exported for each trial.
+MEASURED = ("exported_bytes", "latency_ms")
+#: ``latency_ms``: one review of LATENCY_SEQ_LEN tokens, LATENCY_WARMUP untimed runs then the median
+#: of LATENCY_RUNS, ONNX Runtime pinned to LATENCY_THREADS intra-op thread(s) and one inter-op thread.
+LATENCY_RUNS, LATENCY_WARMUP, LATENCY_THREADS, LATENCY_SEQ_LEN = 20, 3, 1, 128
+
+
+def exported_bytes(graph: MaseGraph) -> float:
+    """Bytes on disk of ``graph``'s compact export (``passes.export``: safetensors + manifest)."""
+    import tempfile
+
+    from passes.export import export_graph
+
+    with tempfile.TemporaryDirectory(prefix="mase-export-") as tmp:
+        report = export_graph(graph, tmp)
+        return float(sum(report["file_bytes"].values()))
+
+
+def onnx_latency_ms(graph: MaseGraph, runs: int = LATENCY_RUNS, threads: int = LATENCY_THREADS,
+                    seq_len: int = LATENCY_SEQ_LEN, warmup: int = LATENCY_WARMUP) -> float:
+    """Median ONNX Runtime latency (ms) of ``graph`` exported to ONNX, batch 1, ``threads`` threads."""
+    import statistics
+    import tempfile
+
+    import numpy as np
+
+    from passes.export import export_graph
+    from passes.export.onnx import ort_session
+
+    with tempfile.TemporaryDirectory(prefix="mase-onnx-") as tmp:
+        report = export_graph(graph, tmp, format="onnx")
+        sess = ort_session(report["path"], num_threads=threads)
+        vocab = int(graph.model_info.get("hf_config", {}).get("vocab_size", 100) or 100)
+        limit = int(graph.model_info.get("max_position_embeddings") or seq_len)
+        n = min(seq_len, limit)
+        ids = np.random.default_rng(0).integers(5, max(vocab, 6), size=(1, n), dtype=np.int64)
+        feed = {name: ids if name == "input_ids" else np.ones_like(ids) for name in report["input_names"]}
+        for _ in range(warmup):
+            sess.run(None, feed)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            times.append((time.perf_counter() - t0) * 1000.0)
+        return float(statistics.median(times))
+
+
+def measure_objectives(graph: MaseGraph, objectives: list[str], rec: "TrialRecord") -> None:
+    """Measure the :data:`MEASURED` objectives among ``objectives`` and record them as user attributes."""
+    if "exported_bytes" in objectives:
+        with rec.phase("export"):
+            rec.set("exported_bytes", exported_bytes(graph))
+    if "latency_ms" in objectives:
+        with rec.phase("latency"):
+            rec.set("latency_ms", onnx_latency_ms(graph))
 
 
 class ArchitectureMismatch(MaseError):
     """The traced graph does not have the architecture the trial sampled."""
 
 
+class EarlyStopped(optuna.TrialPruned):
+    """The study's pruner stopped the trial at ``step`` (intermediate accuracy ``accuracy``)."""
+
+    def __init__(self, step: int, total_steps: int, accuracy: float):
+        super().__init__(f"early-stopped by the pruner at step {step}/{total_steps} "
+                         f"(intermediate accuracy {accuracy:.4f})")
+        self.step, self.total_steps, self.accuracy = step, total_steps, accuracy
+
+
+class OverBudget(optuna.TrialPruned):
+    """The trial started or finished when the study's budget was already used (see :func:`search.storage.admitted`)."""
+
+
+class PrunerReporter:
+    """The training callback of a pruned study: evaluates on ``val_ds`` (a fixed validation subset),
+    reports the accuracy to ``trial`` at the optimizer step, and raises :class:`EarlyStopped` when the
+    pruner says so. ``reports``: ``(step, accuracy)`` so far."""
+
+    def __init__(self, trial: optuna.Trial, val_ds: Any):
+        self.trial = trial
+        self.val_ds = val_ds
+        self.reports: list[tuple[int, float]] = []
+
+    def __call__(self, state: TrainState) -> None:
+        acc = float(state.evaluate(self.val_ds).accuracy)
+        self.reports.append((state.step, acc))
+        self.trial.report(acc, state.step)
+        if self.trial.should_prune():
+            raise EarlyStopped(state.step, state.total_steps, acc)
+
+
+def pruner_subset(splits: Any, rows: int, seed: int) -> Any:
+    """A fixed, seeded subset of ``rows`` rows of ``splits.val`` (all of it when smaller; ``None``
+    when there is no validation split), in row order."""
+    import numpy as np
+
+    val = getattr(splits, "val", None)
+    if val is None:
+        return None
+    n = len(val)
+    if rows >= n:
+        return val
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=rows, replace=False))
+    return val.select(idx.tolist())
+
+
 # --------------------------------------------------------------------------- cost
 
 
-def compressed_size(cost: dict[str, Any]) -> float:
-    """Bytes of the graph with its quantisation and sparsity applied (the cost pass's ``size_bytes_compressed``)."""
-    if "size_bytes_compressed" not in cost:
-        raise MaseError(f"the cost figures have no size_bytes_compressed (keys: {sorted(cost)})")
-    return float(cost["size_bytes_compressed"])
+def compressed_size(cost: dict[str, Any], part: str | None = None) -> float:
+    """Bytes of the graph with its quantisation and sparsity applied (the cost pass's
+    ``size_bytes_compressed``; ``part = "non_embedding"``: ``size_bytes_compressed_non_embedding``)."""
+    key = "size_bytes_compressed" + (f"_{part}" if part else "")
+    if key not in cost:
+        raise MaseError(f"the cost figures have no {key} (keys: {sorted(cost)})")
+    return float(cost[key])
+
+
+#: The cost pass's sparsity figures recorded per trial (``sparsity`` user attribute), of the
+#: non-embedding parameters (the linear layers the compression acts on): the fraction pruned, the
+#: fraction the mask keeps but the format rounds to zero (of all, and of the kept ones), and the
+#: effective sparsity (every zero).
+SPARSITY_KEYS = ("pruned_fraction", "rounding_zero_fraction", "rounding_zero_fraction_of_kept", "effective_sparsity")
+
+
+def sparsity_attrs(cost: dict[str, Any]) -> dict[str, float]:
+    """:data:`SPARSITY_KEYS` of the cost figures: their ``_non_embedding`` values where the cost pass
+    splits them, else the totals (only those present)."""
+    out = {}
+    for k in SPARSITY_KEYS:
+        v = cost.get(f"{k}_non_embedding", cost.get(k))
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
 
 
 # --------------------------------------------------------------------------- recording
@@ -80,6 +215,8 @@ class TrialRecord:
         self.timings: dict[str, float] = {}
         self.accuracy = float("nan")
         self._written: dict[str, Any] = {}
+        #: The trial's own compression pipeline (sampled per-node choices), else None: the study's.
+        self.pipeline: dict[str, Any] | None = None
 
     def set(self, key: str, value: Any) -> None:
         self.attrs[key] = value
@@ -125,6 +262,19 @@ class ObjectiveContext:
     seed: int
     graph_dir: Path | None = None
     lifecycle: Lifecycle = dataclasses.field(default_factory=default_lifecycle)
+    #: ``search.size_budget_bytes``: trials whose compressed size exceeds it are infeasible.
+    size_budget_bytes: float | None = None
+    #: ``search.reuse_trained``: train each (architecture, seed, recipe) once per process.
+    reuse_trained: bool = False
+    #: Pruning: report every ``eval_every`` steps (0: no reports) on ``pruner_val``.
+    eval_every: int = 0
+    pruner_val: Any = None
+    #: The study's budget: a trial goes on only while :func:`search.storage.admitted` (None: no check).
+    n_trials: int | None = None
+    #: Reuse the result of an earlier complete trial with the same parameters instead of training.
+    reuse_duplicates: bool = False
+    #: Where the best graphs are uploaded (an Optuna artifact store; None: only the local ``graph_dir``).
+    artifacts: Any = None
 
 
 class BaseObjective(abc.ABC):
@@ -136,37 +286,75 @@ class BaseObjective(abc.ABC):
 
     def __init__(self, ctx: ObjectiveContext):
         self.ctx = ctx
+        #: ``reuse_trained``: trained graphs by what determines them -> (trial number, graph, metrics).
+        self._trained: dict[str, tuple[int, MaseGraph, dict[str, Any]]] = {}
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         rec = TrialRecord(trial)
         rec.set("worker", worker_id())
         train = self.ctx.train
-        rec.set("machine", machine_info(resolve_precision(train.precision), train.num_threads))
+        device = resolve_device(train.device)
+        rec.set("machine", machine_info(resolve_precision(train.precision, device), train.num_threads, device))
         rec.flush()  # first: it tells a later run whether this trial's process is gone
         t_start = time.perf_counter()
+        self._check_budget(trial, rec)
+        reporter = None
         try:
             graph = self.build(trial, rec)
             rec.flush()
-            metrics = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, self.ctx.train)
+            if self.ctx.reuse_duplicates:
+                reused = self._reuse(trial, rec, t_start)
+                if reused is not None:
+                    return reused
+            if self.ctx.eval_every:
+                reporter = PrunerReporter(trial, self.ctx.pruner_val)
+                cfg = train.replace(eval_every=self.ctx.eval_every)
+                t_train = time.perf_counter()
+                metrics = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, cfg, callback=reporter)
+            else:
+                graph, metrics = self._train(graph, train, rec)
             self._record_eval(rec, "trained", metrics)
             graph = self.run_variant(graph, rec)
             with rec.phase("cost"):
                 cost = self.ctx.lifecycle.cost(graph)
             rec.set("cost", cost)
+            measure_objectives(graph, self.ctx.objectives, rec)
+            sparsity = sparsity_attrs(cost)
+            if sparsity:
+                rec.set("sparsity", sparsity)
             values = self._values(rec, cost)
-            if self.ctx.graph_dir is not None and _improves(trial, values):
+            feasible = self._constrain(trial, rec, cost)
+            self._check_budget(trial, rec)  # the final guard: see search.storage
+            if self.ctx.graph_dir is not None and feasible and _improves(trial, values):
                 with rec.phase("save"):
                     path = self.ctx.graph_dir / f"trial-{trial.number:05d}"
                     graph.save(path)
+                    if self.ctx.artifacts is not None:
+                        from .storage import upload_graph
+
+                        rec.set("graph_artifact", upload_graph(self.ctx.artifacts, path, trial))
                 rec.set("graph_dir", str(path))
             rec.add_timing("total", time.perf_counter() - t_start)
             rec.flush()
             log.info("trial %d: accuracy %.4f, %s", trial.number, rec.accuracy, rec.attrs.get("arch"))
             return values[0] if len(values) == 1 else values
+        except OverBudget:
+            raise
         except InvalidArchitecture as exc:
             rec.set("prune_reason", str(exc))
             rec.flush()
             log.info("trial %d pruned: %s", trial.number, exc)
+            raise
+        except EarlyStopped as exc:
+            self._check_budget(trial, rec)
+            rec.set("early_stopped", True)
+            rec.set("early_stop", {"step": exc.step, "total_steps": exc.total_steps, "accuracy": exc.accuracy,
+                                   "reports": [list(r) for r in (reporter.reports if reporter else [])]})
+            rec.set("early_stop_reason", str(exc))
+            rec.add_timing("train", time.perf_counter() - t_train)
+            rec.add_timing("total", time.perf_counter() - t_start)
+            rec.flush()
+            log.info("trial %d %s", trial.number, exc)
             raise
         except KeyboardInterrupt:
             rec.set("interrupted", True)
@@ -174,6 +362,7 @@ class BaseObjective(abc.ABC):
             rec.flush()
             raise
         except Exception as exc:
+            self._check_budget(trial, rec)  # a failure counts only within the budget
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             rec.set("fail_reason", reason[:1000])
             rec.add_timing("total", time.perf_counter() - t_start)
@@ -181,6 +370,67 @@ class BaseObjective(abc.ABC):
             log.warning("trial %d failed: %s", trial.number, reason)
             log.debug("trial %d traceback", trial.number, exc_info=True)
             raise
+
+    # -- budget and duplicates
+    def _check_budget(self, trial: optuna.Trial, rec: TrialRecord) -> None:
+        """Raise :class:`OverBudget` (pruned, not counted) unless :func:`search.storage.admitted`;
+        a queued configuration (grid point, retry) is queued again."""
+        from .storage import admitted, requeue_over_budget
+
+        if self.ctx.n_trials is None or admitted(trial.study, trial.number, self.ctx.n_trials):
+            return
+        reason = f"over budget: n_trials = {self.ctx.n_trials} trials were already counted or running"
+        rec.set("over_budget", True)
+        rec.set("prune_reason", reason)
+        rec.flush()
+        requeue_over_budget(trial.study, trial.study._storage.get_trial(trial._trial_id))
+        log.info("trial %d dropped: %s", trial.number, reason)
+        raise OverBudget(reason)
+
+    def _reuse(self, trial: optuna.Trial, rec: TrialRecord, t_start: float) -> float | list[float] | None:
+        """The values of the earliest complete trial with the same parameters (the study's other
+        settings are fixed, and trials train with the study's seeds, so training again would give
+        the same result), its results copied and marked ``reused_from``; None when there is none."""
+        same = [t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if t.params == trial.params and t.number != trial.number and t.values]
+        if not same:
+            return None
+        first = min(same, key=lambda t: t.number)  # never itself reused: that one's original is earlier
+        self._check_budget(trial, rec)
+        for key, value in first.user_attrs.items():
+            if key.startswith(("accuracy", "loss", "train_loss")) or key in ("cost", "early_stop", *MEASURED):
+                rec.set(key, value)
+            elif key in ("sparsity", "compression_choices"):
+                rec.set(key, value)
+        if "cost" in rec.attrs:  # the size budget applies to a reused result too
+            self._constrain(trial, rec, rec.attrs["cost"])
+        rec.set("reused_from", first.number)
+        rec.add_timing("total", time.perf_counter() - t_start)
+        rec.flush()
+        log.info("trial %d: same configuration as trial %d, its result reused", trial.number, first.number)
+        values = list(first.values)
+        return values[0] if len(values) == 1 else values
+
+    def _train(self, graph: MaseGraph, train: TrainConfig, rec: TrialRecord) -> tuple[MaseGraph, dict[str, Any]]:
+        """Train and evaluate ``graph``; with ``reuse_trained``, a graph whose architecture, identity
+        choices, seed and recipe were already trained in this process is not trained again: a copy of
+        the trained graph and its metrics are used (``trained_reused_from``). Training is seeded, so
+        this only saves time -- e.g. when a study varies per-node compression choices only."""
+        if not self.ctx.reuse_trained:
+            return graph, self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, train)
+        import json
+
+        key = json.dumps([rec.attrs.get("arch"), self.ctx.seed, train.to_dict()], sort_keys=True, default=str)
+        hit = self._trained.get(key)
+        if hit is not None:
+            number, trained, metrics = hit
+            rec.set("trained_reused_from", number)
+            return trained.copy(), {k: v for k, v in metrics.items() if k not in ("train_s", "training")}
+        metrics = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, train)
+        self._trained[key] = (rec.trial.number, graph.copy(), dict(metrics))
+        while len(self._trained) > 2:  # a few small models at most
+            self._trained.pop(next(iter(self._trained)))
+        return graph, metrics
 
     # -- shared phases
     def build(self, trial: optuna.Trial, rec: TrialRecord) -> MaseGraph:
@@ -197,6 +447,10 @@ class BaseObjective(abc.ABC):
             with rec.phase("identity"):
                 identity = space.nodes.suggest(trial, graph)
                 graph = self.ctx.lifecycle.identity(graph, identity)
+        if space.compression is not None:  # per-node formats, widths and sparsities (mixed precision)
+            choices = space.compression.suggest(trial, graph)
+            rec.set("compression_choices", choices)
+            rec.pipeline = space.compression.pipeline(choices)
         arch = {**arch, "identity": identity, "n_identity": len(identity)}
         rec.set("arch", arch)
         check_architecture(graph, arch)
@@ -220,12 +474,29 @@ class BaseObjective(abc.ABC):
                 out.append(float(rec.accuracy))
             elif name == "compressed_size":
                 out.append(compressed_size(cost))
+            elif name == "compressed_size_non_embedding":
+                out.append(compressed_size(cost, "non_embedding"))
+            elif name in MEASURED and name in rec.attrs:
+                out.append(float(rec.attrs[name]))
             else:  # validated by the run config
                 raise MaseError(f"unknown objective {name!r}")
         for name, v in zip(self.ctx.objectives, out):
             if not math.isfinite(v):
                 raise MaseError(f"objective {name} is {v}")
         return out
+
+    def _constrain(self, trial: optuna.Trial, rec: TrialRecord, cost: dict[str, Any]) -> bool:
+        """Under ``size_budget_bytes``: set the trial's Optuna constraint ``size_budget_bytes`` to
+        ``compressed size - budget`` (feasible when <= 0; TPE and NSGA-II sample with it, and Optuna's
+        best trials are the feasible ones) and record ``feasible``. Returns whether it is feasible."""
+        budget = self.ctx.size_budget_bytes
+        if budget is None:
+            return True
+        excess = compressed_size(cost) - float(budget)
+        trial.set_constraint("size_budget_bytes", excess)
+        rec.set("size_excess_bytes", excess)
+        rec.set("feasible", excess <= 0)
+        return excess <= 0
 
     @abc.abstractmethod
     def run_variant(self, graph: MaseGraph, rec: TrialRecord) -> MaseGraph:
@@ -248,7 +519,7 @@ class CompressObjective(BaseObjective):
 
     def run_variant(self, graph: MaseGraph, rec: TrialRecord) -> MaseGraph:
         with rec.phase("compress"):
-            graph = self.ctx.lifecycle.compress(graph, self.ctx.compression)
+            graph = self.ctx.lifecycle.compress(graph, rec.pipeline or self.ctx.compression)
         metrics = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, self.ctx.train, train=False)
         self._record_eval(rec, "compressed", metrics)
         return graph
@@ -309,7 +580,7 @@ def _improves(trial: optuna.Trial, values: list[float]) -> bool:
     sign = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in directions]
     mine = [s * v for s, v in zip(sign, values)]
     for t in done:
-        if t.values is None:
+        if t.values is None or any(c > 0 for c in t.constraints.values()):  # infeasible trials never win
             continue
         other = [s * v for s, v in zip(sign, t.values)]
         if len(values) == 1:

@@ -3,8 +3,9 @@
 * :func:`plot_best_so_far` — best validation accuracy so far vs trial, one curve per label (the
   study name without its seed: a sampler for Task 1, a variant for Task 2). A label run with several
   seeds is drawn as the mean over seeds with a min-max band. The x axis counts trials that trained
-  (complete or failed), in trial order; pruned (unbuildable) and interrupted trials are skipped, and
-  the best so far carries over failed trials. Written as ``best_so_far.png``, ``best_so_far.csv``
+  (complete, failed or early-stopped by the pruner), in trial order; pruned (unbuildable) and
+  interrupted trials are skipped, and the best so far carries over failed and early-stopped trials;
+  early-stopped trials are marked (``x``, "early-stopped" in the legend and the CSV's ``status``). Written as ``best_so_far.png``, ``best_so_far.csv``
   (one row per study and trial) and ``best_so_far_mean.csv`` (one row per label and trial).
 * :func:`plot_pareto` — for multi-objective studies: accuracy vs compressed size of every complete
   trial, with the Pareto front drawn; ``pareto.png`` and ``pareto.csv``.
@@ -33,6 +34,13 @@ class Curve:
     seed: int | None
     trials: list[int]  # Optuna trial numbers
     accuracies: list[float | None]
+    #: per trial: "complete", "failed" or "early-stopped" (None: complete where an accuracy, else failed)
+    status: list[str] | None = None
+
+    def statuses(self) -> list[str]:
+        if self.status is not None:
+            return list(self.status)
+        return ["failed" if a is None else "complete" for a in self.accuracies]
 
     @property
     def best_so_far(self) -> list[float]:
@@ -51,22 +59,27 @@ def best_so_far(values: Sequence[float | None]) -> list[float]:
 
 def study_curve(study: optuna.Study) -> Curve:
     """The :class:`Curve` of a study (label and seed from its user attributes)."""
-    from .storage import interrupted_numbers
+    from .storage import interrupted_numbers, is_early_stopped
 
-    trials, accs = [], []
+    trials, accs, status = [], [], []
     all_trials = study.get_trials(deepcopy=False)
     skip = interrupted_numbers(all_trials)
     for t in sorted(all_trials, key=lambda t: t.number):
         if t.state == TrialState.COMPLETE:
             acc = t.user_attrs.get("accuracy")
             accs.append(float(acc) if acc is not None else (t.values[0] if t.values else None))
+            status.append("complete")
         elif t.state == TrialState.FAIL and t.number not in skip:
             accs.append(None)
+            status.append("failed")
+        elif is_early_stopped(t):  # it trained (part of an epoch): it costs a trial, has no final accuracy
+            accs.append(None)
+            status.append("early-stopped")
         else:
             continue
         trials.append(t.number)
     ua = study.user_attrs
-    return Curve(study.study_name, str(ua.get("curve") or study.study_name), ua.get("seed"), trials, accs)
+    return Curve(study.study_name, str(ua.get("curve") or study.study_name), ua.get("seed"), trials, accs, status)
 
 
 def aggregate(curves: Iterable[Curve]) -> dict[str, list[dict[str, float]]]:
@@ -102,11 +115,11 @@ def plot_best_so_far(curves: Sequence[Curve], png: Path, csv_path: Path, title: 
     mean_path = csv_path.with_name(csv_path.stem + "_mean.csv")
     with csv_path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["curve", "study", "seed", "trial", "trial_number", "accuracy", "best_so_far"])
+        w.writerow(["curve", "study", "seed", "trial", "trial_number", "accuracy", "best_so_far", "status"])
         for c in curves:
-            for i, (n, acc, best) in enumerate(zip(c.trials, c.accuracies, c.best_so_far)):
+            for i, (n, acc, best, st) in enumerate(zip(c.trials, c.accuracies, c.best_so_far, c.statuses())):
                 w.writerow([c.label, c.study, c.seed, i + 1, n, "" if acc is None else acc,
-                            "" if math.isnan(best) else best])
+                            "" if math.isnan(best) else best, st])
     agg = aggregate(curves)
     with mean_path.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -129,6 +142,11 @@ def plot_best_so_far(curves: Sequence[Curve], png: Path, csv_path: Path, title: 
         if n_seeds[label] > 1:
             ax.fill_between(x, [r["min"] for r in rows], [r["max"] for r in rows], step="post",
                             alpha=0.2, color=line.get_color())
+    stopped = [(i + 1, b) for c in curves for i, (b, st) in enumerate(zip(c.best_so_far, c.statuses()))
+               if st == "early-stopped" and not math.isnan(b)]
+    if stopped:
+        ax.scatter([x for x, _ in stopped], [y for _, y in stopped], marker="x", color="black", s=24, zorder=3,
+                   label=f"early-stopped ({len(stopped)})")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -12,13 +12,23 @@ label (the name without the seed), the sampler, variant, seed, objectives and a 
 everything that gives its trials their meaning (space, data, training, compression...). Opening an
 existing study with a different fingerprint is an error naming the first difference.
 
-Budget: ``n_trials`` counts the trials that trained (complete or failed), not pruned ones (an
-unbuildable architecture costs nothing) nor interrupted ones. An interrupted trial -- its worker
+Budget: ``n_trials`` counts the trials that trained (complete, failed, or early-stopped by the
+``search.pruner``), not pruned unbuildable ones (an unbuildable architecture costs nothing) nor
+interrupted ones. An interrupted trial -- its worker
 process on this host is gone (checked when a run starts or resumes), its heartbeat went stale (a
 worker on another host; Optuna's heartbeat, checked before each trial), or Ctrl-C -- is failed
 and marked ``interrupted``, and its configuration is queued again once (a trial with user
 attribute ``retry_of``, on the same grid point for grid), so ``--resume`` repeats only that trial
 and loses no completed one.
+
+Several workers (``mase-lite search --resume`` processes sharing the storage: an RDB URL such as
+PostgreSQL, or ``journal:PATH``) run a study's budget together, exactly: a worker starts a trial
+only while counted and running trials leave room, and a trial checks again at its start and end
+(:func:`search.storage.admitted`). A grid's points are queued when the study is made, so no point
+is evaluated twice. A trial whose parameters equal an earlier complete one's reuses its result
+(``reused_from``; ``search.reuse_duplicates``). Best graphs are uploaded to an Optuna artifact
+store (``search.artifacts``, default ``<run dir>/artifacts``); the summary fetches them into the
+reader's run folder.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -34,12 +45,13 @@ import optuna
 
 
 from .lifecycle import Lifecycle, default_lifecycle
-from .objectives import OBJECTIVES, ObjectiveContext
+from .objectives import OBJECTIVES, ObjectiveContext, pruner_subset
 from .samplers import make_sampler
 from .space import SearchSpace
-from .config import (RunConfig, SearchError, StudySpec, digest, fingerprint_difference, plan_studies,
-                     study_fingerprint)
+from .config import (RunConfig, SearchError, StudySpec, derived_seed, digest, fingerprint_difference,
+                     plan_studies, study_fingerprint)
 from .storage import Budget, best_trials, default_storage_url, n_counted, open_storage, recover_interrupted, redact, study_names
+from .storage import budget_state, enqueue_grid, fail_dead_workers, fetch_graph, open_artifacts, remove_graph
 from .summary import format_summary, summarize, write_trials_csv
 
 log = logging.getLogger(__name__)
@@ -72,6 +84,9 @@ def prepare(cfg: RunConfig, run_dir: Path, storage_url: str | None, resume: bool
     existing one must have the same fingerprint.
     """
     specs = plan_studies(cfg)
+    from mase_lite.training import resolve_device
+
+    resolve_device(cfg.train.device)  # cuda without CUDA: an error before the storage is touched
     for spec in specs:  # grid + nodes, empty grid etc. are config errors, found before anything starts
         make_sampler(spec.sampler_name, SearchSpace.from_config(cfg.space, cfg.model, spec.nodes), spec.seed,
                      cfg.search.sampler_options)
@@ -119,12 +134,17 @@ def run_study(cfg: RunConfig, spec: StudySpec, storage: optuna.storages.BaseStor
 
     ``get_splits()`` gives the data; it is only called when there are trials to run.
     """
-    from tqdm.auto import tqdm
+    from mase_lite.progress import progress as tqdm  # one line per trial when stderr is not a terminal
 
     space = SearchSpace.from_config(cfg.space, cfg.model, with_nodes=spec.nodes)
     sampler = make_sampler(spec.sampler_name, space, spec.seed, cfg.search.sampler_options)
-    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler,
-                                directions=spec.directions, load_if_exists=True)
+    try:  # one process creates the study (atomically); it queues a grid's points before the attributes
+        study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler,
+                                    directions=spec.directions, load_if_exists=False, pruner=make_pruner(cfg))
+        if spec.sampler_name == "grid":
+            study.set_user_attr("grid_queued", enqueue_grid(study, sampler))
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=make_pruner(cfg))
     if "fingerprint" not in study.user_attrs:
         fp = study_fingerprint(cfg, spec)
         for key, value in {
@@ -142,25 +162,84 @@ def run_study(cfg: RunConfig, spec: StudySpec, storage: optuna.storages.BaseStor
         if graph_dir is not None:
             keep_best_graphs(study)
         return study, None
+    splits = get_splits()
+    pruning = cfg.search.pruner != "none"
     ctx = ObjectiveContext(
-        space=space, splits=get_splits(), train=cfg.train.replace(seed=spec.seed), finetune=cfg.finetune_config(spec.seed),
+        space=space, splits=splits, train=cfg.train.replace(seed=spec.seed), finetune=cfg.finetune_config(spec.seed),
         compression=cfg.compression, objectives=spec.objectives, seed=spec.seed, graph_dir=graph_dir,
         lifecycle=lifecycle or default_lifecycle(),
+        size_budget_bytes=cfg.search.size_budget_bytes, reuse_trained=cfg.search.reuse_trained,
+        eval_every=cfg.search.eval_every if pruning else 0,
+        pruner_val=pruner_subset(splits, cfg.search.pruner_val_rows, derived_seed(cfg.data.seed, "pruner_val"))
+        if pruning else None,
+        n_trials=budget, reuse_duplicates=cfg.search.reuse_duplicates,
+        artifacts=artifact_store(cfg, run_dir) if graph_dir is not None else None,
     )
     objective = OBJECTIVES[spec.variant](ctx)
+    queue_only = "grid_queued" in study.user_attrs  # grid: points come from the queue only
     with tqdm(total=budget, initial=done, desc=spec.name, unit="trial", dynamic_ncols=True) as bar:
         cb = Budget(budget, cfg.search.max_failures_in_a_row, bar)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(objective, n_trials=None, catch=(Exception,), callbacks=[cb],
-                           gc_after_trial=cfg.search.gc_after_trial)
+            while cb.aborted is None:  # one trial at a time, each started only while the budget has room
+                state = budget_state(study, budget, queue_only)
+                if state == "done":
+                    break
+                if state == "wait":  # the running trials fill the budget; one may die and be queued again
+                    time.sleep(WAIT_POLL_S)
+                    fail_dead_workers(study)
+                    continue
+                try:
+                    study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[cb],
+                                   gc_after_trial=cfg.search.gc_after_trial)
+                except ValueError as exc:  # another worker failed this trial: its heartbeat looked stale
+                    if "Cannot tell a FAIL trial" not in str(exc):
+                        raise
+                    log.warning("study %s: a trial of this worker was failed by another one (its heartbeat "
+                                "was late; it is queued again): %s", spec.name, exc)
     if graph_dir is not None:
-        keep_best_graphs(study)
+        keep_best_graphs(study, ctx.artifacts)
     return study, cb.aborted
 
 
-def keep_best_graphs(study: optuna.Study) -> list[str]:
-    """Delete saved graphs of finished trials that are not best (tied for best, or on the Pareto front); returns kept dirs."""
+#: Seconds between looks at the storage while other workers' trials fill the budget.
+WAIT_POLL_S = 0.5
+
+
+def artifact_store(cfg: RunConfig, run_dir: Path) -> Any:
+    """The run's artifact store for best graphs: ``search.artifacts``, default ``<run dir>/artifacts``."""
+    return open_artifacts(cfg.search.artifacts or run_dir / "artifacts")
+
+
+def best_graph_path(trial: optuna.trial.FrozenTrial, run_dir: Path, store: Any, study_name: str) -> Path | None:
+    """A local folder holding ``trial``'s saved graph: fetched from the artifact store into
+    ``<run_dir>/<study>/graphs/`` when the trial has an artifact (whichever worker ran it), else the
+    trial's ``graph_dir`` if it exists here. None when there is neither."""
+    artifact = trial.user_attrs.get("graph_artifact")
+    if artifact and store is not None:
+        try:
+            return fetch_graph(store, artifact, run_dir / study_name / "graphs" / f"trial-{trial.number:05d}")
+        except SearchError as exc:
+            log.warning("%s", exc)
+    path = trial.user_attrs.get("graph_dir")
+    return Path(path) if path and Path(path).is_dir() else None
+
+
+def make_pruner(cfg: RunConfig) -> optuna.pruners.BasePruner:
+    """Optuna's pruner for ``search.pruner`` (``NopPruner`` for ``none``)."""
+    s = cfg.search
+    if s.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials)
+    if s.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=s.eval_every)
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=s.eval_every)
+    return optuna.pruners.NopPruner()
+
+
+def keep_best_graphs(study: optuna.Study, store: Any = None) -> list[str]:
+    """Delete saved graphs of finished trials that are not best (tied for best, or on the Pareto front),
+    locally and in the artifact store ``store``; returns kept dirs."""
     import shutil
 
     keep = {t.number for t in best_trials(study)}  # every tied trial: only the earliest has a graph
@@ -171,8 +250,11 @@ def keep_best_graphs(study: optuna.Study) -> list[str]:
             continue
         if t.number in keep:
             kept.append(path)
-        elif Path(path).is_dir():
+            continue
+        if Path(path).is_dir():
             shutil.rmtree(path, ignore_errors=True)
+        if store is not None and t.user_attrs.get("graph_artifact"):
+            remove_graph(store, t.user_attrs["graph_artifact"])
     return kept
 
 
@@ -200,12 +282,14 @@ def run_search(cfg: RunConfig, run_dir: str | Path | None = None, storage_url: s
         _, why = run_study(cfg, spec, storage, get_splits, run_dir, n_trials, lifecycle)
         if why:
             aborted[spec.name] = why
-    compress_after_nas(cfg, specs, storage, get_splits, lifecycle)
-    return finish(storage, url, specs, run_dir, aborted)
+    store = artifact_store(cfg, run_dir) if cfg.search.save_graphs else None
+    compress_after_nas(cfg, specs, storage, get_splits, lifecycle, run_dir=run_dir, artifacts=store)
+    return finish(storage, url, specs, run_dir, aborted, artifacts=store)
 
 
 def compress_after_nas(cfg: RunConfig, specs: list[StudySpec], storage, get_splits: Callable[[], Any],
-                       lifecycle: Lifecycle | None = None) -> list[dict[str, Any]]:
+                       lifecycle: Lifecycle | None = None, *, run_dir: Path | None = None,
+                       artifacts: Any = None) -> list[dict[str, Any]]:
     """Lab 2's question 3 in a live run: compress (and fine-tune) the best graph of each ``baseline``
     study whose run also has a ``compress`` / ``compress_finetune`` study of the same sampler and seed.
 
@@ -230,7 +314,8 @@ def compress_after_nas(cfg: RunConfig, specs: list[StudySpec], storage, get_spli
         if best is None or (done and done.get("trial") == best.number):
             out.extend([done] if done else [])
             continue
-        path = Path(best.user_attrs["graph_dir"])
+        path = best_graph_path(best, run_dir, artifacts, spec.name) if run_dir is not None else None
+        path = path or Path(best.user_attrs["graph_dir"])
         if not path.is_dir():
             log.warning("compress-after-NAS: the best graph of %s (%s) is gone; skipped", spec.name, path)
             continue
@@ -248,13 +333,20 @@ def compress_after_nas(cfg: RunConfig, specs: list[StudySpec], storage, get_spli
     return out
 
 
-def finish(storage, url: str, specs: list[StudySpec], run_dir: Path, aborted: dict[str, str] | None = None) -> RunResult:
-    """Write ``summary.{txt,json}``, ``trials.csv`` and the figures; return what was written."""
+def finish(storage, url: str, specs: list[StudySpec], run_dir: Path, aborted: dict[str, str] | None = None,
+           artifacts: Any = None) -> RunResult:
+    """Write ``summary.{txt,json}``, ``trials.csv`` and the figures; return what was written.
+
+    The best graphs in the summary are fetched from the artifact store ``artifacts`` into this run
+    folder (whichever worker saved them), and the summary names these local copies.
+    """
     from .plots import write_figures
 
     summary = summarize(storage, [s.name for s in specs])
-    files = {
-        "storage": Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else Path(redact(url)),
+    fetch_best_graphs(summary, run_dir, artifacts)
+    files: dict[str, Any] = {
+        # a file path for SQLite; else the printable URL (a str: Path() would merge its "//")
+        "storage": Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else redact(url),
         "summary": run_dir / "summary.txt",
         "summary_json": run_dir / "summary.json",
         "trials": run_dir / "trials.csv",
@@ -264,6 +356,22 @@ def finish(storage, url: str, specs: list[StudySpec], run_dir: Path, aborted: di
     write_trials_csv(storage, [s.name for s in specs], run_dir / "trials.csv")
     files.update(write_figures(storage, [s.name for s in specs], run_dir))
     return RunResult(run_dir, url, specs, summary, files, aborted or {})
+
+
+def fetch_best_graphs(summary: list[dict[str, Any]], run_dir: Path, store: Any) -> None:
+    """Point each best trial of ``summary`` that has a graph artifact at a local copy in ``run_dir``
+    (downloaded from ``store`` if needed; left as it is when the store does not hold it)."""
+    if store is None:
+        return
+    for study in summary:
+        for row in study["best"]:
+            if not row.get("graph_artifact"):
+                continue
+            dest = run_dir / study["study"] / "graphs" / f"trial-{row['trial']:05d}"
+            try:
+                row["graph_dir"] = str(fetch_graph(store, row["graph_artifact"], dest))
+            except SearchError as exc:
+                log.warning("%s", exc)
 
 
 def _quiet_optuna() -> None:

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mase_lite.errors import MaseError
 
 from .space import MODEL_PARAMS
-from .storage import best_trials, interrupted_numbers
+from .storage import best_trials, interrupted_numbers, is_early_stopped
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,21 @@ def _arch_str(arch: dict[str, Any] | None) -> str:
     if arch.get("n_identity"):
         s += f" id{arch['n_identity']}"
     return s
+
+
+def trial_status(t: FrozenTrial, interrupted: set[int] | None = None) -> str:
+    """``complete``, ``failed``, ``interrupted``, ``unbuildable`` (pruned: the architecture cannot be
+    built, no training), ``early-stopped`` (pruned by the study's pruner, mid-training), ``running``
+    or ``waiting``."""
+    if t.state == TrialState.PRUNED:
+        return "early-stopped" if is_early_stopped(t) else "unbuildable"
+    if t.state == TrialState.FAIL:
+        return "interrupted" if (t.user_attrs.get("interrupted") or t.number in (interrupted or ())) else "failed"
+    return t.state.name.lower()
+
+
+def _reason(ua: dict[str, Any]) -> str | None:
+    return ua.get("fail_reason") or ua.get("prune_reason") or ua.get("early_stop_reason")
 
 
 def _trial_row(t: FrozenTrial) -> dict[str, Any]:
@@ -45,8 +60,45 @@ def _trial_row(t: FrozenTrial) -> dict[str, Any]:
         "cost": cost,
         "seconds": (ua.get("timings") or {}).get("total"),
         "graph_dir": ua.get("graph_dir"),
-        "reason": ua.get("fail_reason") or ua.get("prune_reason"),
+        "graph_artifact": ua.get("graph_artifact"),
+        "reused_from": ua.get("reused_from"),
+        "reason": _reason(ua),
+        "sparsity": ua.get("sparsity") or _sparsity(cost),
+        "compression_choices": ua.get("compression_choices"),
+        "feasible": ua.get("feasible"),
     }
+
+
+def _sparsity(cost: dict[str, Any]) -> dict[str, float]:
+    from .objectives import sparsity_attrs
+
+    return sparsity_attrs(cost)
+
+
+_SHORT_FORMAT = {"integer": "int", "scaled_integer": "sint", "minifloat": "fp", "block_fp": "bfp"}
+
+
+def choices_str(choices: dict[str, dict[str, Any]] | None) -> str:
+    """Per-node compression choices, counted: ``int8:10 int4/f2:2 | s0.5:4`` (format+width[/f frac
+    width] : nodes, then the nodes per positive sparsity)."""
+    if not choices:
+        return "-"
+    fmts: dict[str, int] = {}
+    sparse: dict[str, int] = {}
+    for c in choices.values():
+        f = f"{_SHORT_FORMAT.get(c['format'], c['format'])}{c['width']}"
+        if c.get("frac_width") not in (None, "auto"):
+            f += f"/f{c['frac_width']}"
+        fmts[f] = fmts.get(f, 0) + 1
+        if c.get("sparsity"):
+            k = f"s{c['sparsity']:g}"
+            sparse[k] = sparse.get(k, 0) + 1
+    out = " ".join(f"{k}:{v}" for k, v in sorted(fmts.items()))
+    return out + (" | " + " ".join(f"{k}:{v}" for k, v in sorted(sparse.items())) if sparse else "")
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * float(v):.1f}%"
 
 
 def summarize(storage, study_names: Iterable[str]) -> list[dict[str, Any]]:
@@ -60,7 +112,14 @@ def summarize(storage, study_names: Iterable[str]) -> list[dict[str, Any]]:
         trials = study.get_trials(deepcopy=False)
         counts = {s.name.lower(): sum(t.state == s for t in trials)
                   for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING)}
+        counts["early_stopped"] = sum(is_early_stopped(t) for t in trials)
+        counts["pruned"] -= counts["early_stopped"]  # pruned: unbuildable architectures only
         counts["interrupted"] = len(interrupted_numbers(trials))
+        counts["over_budget"] = sum(t.state == TrialState.PRUNED and bool(t.user_attrs.get("over_budget"))
+                                    for t in trials)
+        counts["pruned"] -= counts["over_budget"]  # dropped by the budget guard of several workers (search.storage)
+        counts["reused"] = sum(t.state == TrialState.COMPLETE and t.user_attrs.get("reused_from") is not None
+                               for t in trials)
         best = best_trials(study)
         if len(study.directions) == 1:
             best = best[:1]  # the earliest of tied trials: the one whose graph was saved
@@ -91,27 +150,44 @@ def _mb(v: Any) -> str:
 
 def format_summary(summary: list[dict[str, Any]]) -> str:
     """A plain-text table: one line per study's best trial (several for a Pareto front)."""
-    head = ["study", "done/fail/pruned", "best", "acc", "acc_trained", "acc_compr", "acc_ft", "arch",
-            "params", "fp32 MB", "compr MB", "s"]
+    early = any(s["trials"].get("early_stopped") for s in summary)
+    head = ["study", "done/fail/pruned" + ("/early-stopped" if early else ""), "best", "acc", "acc_trained",
+            "acc_compr", "acc_ft", "arch", "params", "fp32 MB", "compr MB", "s"]
+    # compressed trials: the zeros from pruning and from rounding, and per-node formats when searched
+    sparse = any(b.get("sparsity") for s in summary for b in s["best"])
+    mixed = any(b.get("compression_choices") for s in summary for b in s["best"])
+    extra = (["pruned", "round0", "zeros"] if sparse else []) + (["formats"] if mixed else [])
+    head += extra
     rows = []
     for s in summary:
         c = s["trials"]
-        counts = f"{c['complete']}/{c['fail']}/{c['pruned']}"
+        counts = f"{c['complete']}/{c['fail']}/{c['pruned']}" + (f"/{c.get('early_stopped', 0)}" if early else "")
         front = len(s["directions"]) > 1
         if not s["best"]:
-            rows.append([s["study"], counts, "-", *["-"] * 9])
+            rows.append([s["study"], counts, "-", *["-"] * (9 + len(extra))])
         for i, b in enumerate(s["best"]):
             cost = b["cost"] or {}
+            sp = b.get("sparsity") or {}
             rows.append([
                 s["study"] if i == 0 else "", counts if i == 0 else "",
                 f"{'pareto ' if front else ''}#{b['trial']}",
                 _fmt(b["accuracy"]), _fmt(b["accuracy_trained"]), _fmt(b["accuracy_compressed"]),
                 _fmt(b["accuracy_finetuned"]), _arch_str(b["arch"]), _fmt(cost.get("params")),
                 _mb(cost.get("size_bytes_fp32")), _mb(_compressed(cost)), _fmt(b["seconds"], ".1f"),
+                *([_pct(sp.get("pruned_fraction")), _pct(sp.get("rounding_zero_fraction_of_kept")),
+                   _pct(sp.get("effective_sparsity"))] if sparse else []),
+                *([choices_str(b.get("compression_choices"))] if mixed else []),
             ])
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if sparse:
+        lines += ["", "pruned: weights pruned; round0: weights kept by pruning that quantisation rounds to zero "
+                      "(of the kept ones); zeros: effective sparsity (every zero weight); of the non-embedding "
+                      "parameters (cost pass)"]
+    if early:
+        lines += ["", "pruned: unbuildable architectures (not trained, not counted in n_trials); early-stopped: "
+                      "stopped by the pruner mid-training (counted in n_trials)"]
     return "\n".join(lines + _format_compress_after_nas(summary))
 
 
@@ -152,6 +228,7 @@ def write_trials_csv(storage, study_names: Iterable[str], path: Path) -> Path:
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             continue
+        interrupted = interrupted_numbers(study.get_trials(deepcopy=False))
         for t in study.get_trials(deepcopy=False):
             ua = t.user_attrs
             arch = ua.get("arch") or {}
@@ -166,9 +243,11 @@ def write_trials_csv(storage, study_names: Iterable[str], path: Path) -> Path:
                 "values": " ".join(map(str, t.values)) if t.values else "",
                 **{f"cost.{k}": v for k, v in cost.items()},
                 **{f"time.{k}": v for k, v in (ua.get("timings") or {}).items()},
-                **{k: (ua.get("machine") or {}).get(k) for k in ("precision", "num_threads", "cpu")},
+                **{k: (ua.get("machine") or {}).get(k) for k in ("precision", "num_threads", "cpu", "device")},
+                "status": trial_status(t, interrupted),
                 "interrupted": bool(ua.get("interrupted")),
-                "reason": ua.get("fail_reason") or ua.get("prune_reason") or "",
+                "early_stop_step": (ua.get("early_stop") or {}).get("step", ""),
+                "reason": _reason(ua) or "",
                 "graph_dir": ua.get("graph_dir") or "",
             })
     fields: list[str] = []

@@ -159,3 +159,69 @@ def fake_training():
         yield fake
     finally:
         set_default_lifecycle(previous)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+_PG_URL_VAR = "MASE_LITE_TEST_POSTGRES"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The URL of a PostgreSQL database for the multi-worker tests.
+
+    ``$MASE_LITE_TEST_POSTGRES`` when set (CI: ``.ci/run`` starts a server and sets it); else a
+    throwaway server started for this session with ``.ci/postgres.sh`` (stopped at the end) where
+    PostgreSQL and the ``psycopg`` driver are installed; else the test skips -- or, in CI
+    (:func:`in_ci`), fails, since there the server must have been started.
+    """
+    import shutil
+    import subprocess
+
+    url = os.environ.get(_PG_URL_VAR)
+    if url:
+        yield url
+        return
+    why = None
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        why = "the psycopg driver is not installed (pip install mase-lite[postgres])"
+    if why is None and not (shutil.which("initdb") or list(Path("/usr/lib/postgresql").glob("*/bin/initdb"))):
+        why = "PostgreSQL is not installed (no initdb)"
+    if in_ci():
+        pytest.fail(f"${_PG_URL_VAR} is not set{f' and {why}' if why else ''}; in CI ($CI is set) .ci/run "
+                    f"starts PostgreSQL and the PostgreSQL tests must run, not skip", pytrace=False)
+    if why:
+        pytest.skip(why)
+    proc = subprocess.run(["bash", str(REPO / ".ci" / "postgres.sh"), "start"], capture_output=True, text=True,
+                          timeout=120)
+    if proc.returncode != 0:
+        pytest.skip(f"could not start a local PostgreSQL server: {proc.stderr.strip()[-500:]}")
+    env = dict(line.removeprefix("export ").split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    try:
+        yield env[_PG_URL_VAR]
+    finally:
+        subprocess.run(["bash", str(REPO / ".ci" / "postgres.sh"), "stop", env["MASE_LITE_PG_DIR"]],
+                       capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on :func:`postgres_server` for one test (dropped afterwards)."""
+    import uuid
+
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    base = make_url(postgres_server)
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as con:
+        con.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as con:
+            con.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -70,15 +70,15 @@ def test_user_errors_are_one_line(argv, message, capsys):
 
 def test_unknown_model_type_and_bad_toml_key(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["report", "--model-type", "gpt2"])
+        main(["report", "--model-type", "t5"])
     assert exc.value.code == 2
-    assert "invalid choice: 'gpt2'" in capsys.readouterr().err
-    (tmp_path / "m.toml").write_text('[model]\nmodel_type = "gpt2"\nhiden_size = 3\n')
+    assert "invalid choice: 't5'" in capsys.readouterr().err
+    (tmp_path / "m.toml").write_text('[model]\nmodel_type = "t5"\nhiden_size = 3\n')
     assert main(["report", "--model-config", str(tmp_path / "m.toml")]) == 2
     assert "unknown config key 'model.hiden_size' (did you mean 'hidden_size'?)" in capsys.readouterr().err
-    (tmp_path / "m.toml").write_text('[model]\nmodel_type = "gpt2"\n')
+    (tmp_path / "m.toml").write_text('[model]\nmodel_type = "t5"\n')
     assert main(["report", "--model-config", str(tmp_path / "m.toml")]) == 2
-    assert "model.model_type = 'gpt2' is not valid; choose one of: 'bert', 'distilbert', 'roberta'" in capsys.readouterr().err
+    assert "model.model_type = 't5' is not valid; choose one of: 'bert', 'distilbert', 'roberta'" in capsys.readouterr().err
 
 
 def test_not_a_checkpoint(tmp_path, capsys):

@@ -43,9 +43,14 @@ def test_quantised_and_pruned_sizes_by_hand():
         row = next(r for r in info["nodes"] if r["node"] == n.name)
         assert row["weight_bits"] == 8 and row["weight_sparsity"] == 0.5
         assert row["tensors"]["weight"]["nonzero"] == nz
-        assert row["size_bytes_compressed"] == nz + math.ceil(w.numel() / 8) + b.numel()
+        # 8-bit codes: the mask (1 bit each) + the non-zero codes, + 1 bit per kept weight telling which
+        # kept codes are non-zero (rounding zeros are not pruned); or all kept codes, whichever is smaller
+        kept, mask_bytes = int(m.sum()), math.ceil(w.numel() / 8)
+        assert kept > nz  # rounding zeros among the kept weights (small init), so the extra bits are needed
+        w_bytes = min(mask_bytes + math.ceil(kept / 8) + nz, mask_bytes + kept, w.numel() + mask_bytes)
+        assert row["size_bytes_compressed"] == w_bytes + b.numel()
         quant += w.numel() + b.numel()
-        compressed += nz + math.ceil(w.numel() / 8) + b.numel()
+        compressed += w_bytes + b.numel()
         fp32 += 4 * (w.numel() + b.numel())
         nonzero += nz + int((hand_q(b, 8, 4) != 0).sum())
     ln = sum(p.numel() for name, p in g.gm.named_parameters() if "LayerNorm" in name)
@@ -117,3 +122,57 @@ def test_identity_shrinks_the_model():
 def test_bad_config(cfg, match):
     with pytest.raises(ConfigError, match=match):
         run_pass(tiny_graph(), "cost", cfg)
+
+
+def test_pruning_and_rounding_zeros_by_hand():
+    """Lab 2's pipeline: the zeros from pruning and the kept weights that 4 fraction bits round to 0."""
+    g = tiny_graph()
+    g, _ = run_pass(g, "quantize", LINEAR_8_4)
+    g, _ = run_pass(g, "prune", LAB2_PRUNE)
+    _, info = run_pass(g, "cost", {})
+    pruned = rounding = numel = nonzero = 0
+    for n in linears(g):
+        owner = g.gm.get_submodule(g.meta(n).module_path)
+        w, b, m = owner.weight.detach(), owner.bias.detach(), owner.weight_mask.bool()
+        r_w = int((m & (w != 0) & (hand_q(w, 8, 4) == 0)).sum())
+        r_b = int(((b != 0) & (hand_q(b, 8, 4) == 0)).sum())
+        row = next(r for r in info["nodes"] if r["node"] == n.name)
+        t = row["tensors"]["weight"]
+        assert t["rounding_zeros"] == r_w and t["pruned"] == int((~m).sum())
+        assert t["rounding_zero_fraction"] == r_w / w.numel()
+        assert t["rounding_zero_fraction_of_kept"] == r_w / int(m.sum())
+        assert t["effective_sparsity"] == 1 - t["nonzero"] / w.numel()
+        assert t["overhead_bits"] == 0  # integer: no scales
+        assert row["rounding_zeros"] == r_w + r_b
+        pruned += int((~m).sum())
+        rounding += r_w + r_b
+        numel += w.numel() + b.numel()
+        nonzero += t["nonzero"] + row["tensors"]["bias"]["nonzero"]
+    ln = sum(p.numel() for name, p in g.gm.named_parameters() if "LayerNorm" in name)
+    nz_ln = sum(int((p != 0).sum()) for name, p in g.gm.named_parameters() if "LayerNorm" in name)
+    assert info["pruned_non_embedding"] == pruned and info["rounding_zeros_non_embedding"] == rounding
+    assert info["pruned_fraction_non_embedding"] == pruned / (numel + ln)
+    assert info["rounding_zero_fraction_non_embedding"] == rounding / (numel + ln)
+    assert info["effective_sparsity_non_embedding"] == 1 - (nonzero + nz_ln) / (numel + ln)
+    # small random-init weights (std 0.02) mostly round to 0 at step 1/16: far more zeros than pruned
+    assert info["effective_sparsity_non_embedding"] > info["pruned_fraction_non_embedding"] + 0.3
+    assert info["rounding_zeros_embedding"] == 0 and info["pruned_embedding"] == 0  # float tables
+    assert "round0" in info["table"] and "eff.sp" in info["table"]
+
+
+def test_scaled_integer_bits_overhead_and_rounding_zeros():
+    g = tiny_graph()
+    g, _ = run_pass(g, "quantize", {"by": "type", "linear": {"config": {
+        "name": "scaled_integer", "weight_width": 4, "weight_granularity": "per_channel", "bias_width": 8}}})
+    _, info = run_pass(g, "cost", {})
+    for n in linears(g):
+        owner = g.gm.get_submodule(g.meta(n).module_path)
+        w = owner.weight.detach()
+        row = next(r for r in info["nodes"] if r["node"] == n.name)
+        t = row["tensors"]["weight"]
+        assert t["bits"] == 4 and t["overhead_bits"] == 32 * w.shape[0]  # one float32 scale per output row
+        assert row["tensors"]["bias"]["overhead_bits"] == 32  # per tensor
+        assert t["size_bytes_quantized"] == math.ceil((w.numel() * 4 + 32 * w.shape[0]) / 8)
+        s = w.abs().amax(dim=1, keepdim=True) / 7
+        zeros = int(((w / s).round() == 0).sum() - (w == 0).sum())
+        assert t["rounding_zeros"] == zeros and t["pruned"] == 0

@@ -95,6 +95,207 @@ def test_compressed_graph_on_device(device, tmp_path):
         assert torch.equal(loaded(**x).logits, graph(**x).logits)
 
 
+# --------------------------------------------------------------------------- the device option
+
+
+def _toy_splits(n_train=96, n_val=32):
+    """Label 1 iff the row contains token 7 (learnable in one epoch by a tiny BERT)."""
+    import datasets
+    import numpy as np
+
+    from mase_lite.data import Splits
+
+    def make(n, seed):
+        rng = np.random.default_rng(seed)
+        rows, labels = [], []
+        for _ in range(n):
+            length = int(rng.integers(4, 16))
+            row = rng.integers(10, 64, length)
+            y = int(rng.integers(0, 2))
+            if y:
+                row[rng.integers(0, length)] = 7
+            rows.append(row.tolist())
+            labels.append(y)
+        return datasets.Dataset.from_dict({"input_ids": rows, "labels": labels})
+
+    return Splits(train=make(n_train, 0), val=make(n_val, 1), test=None)
+
+
+@pytest.mark.parametrize("value", ["gpu", "CUDA", "cuda:", "cuda:x", "cpu:0", "", "mps", 0])
+def test_bad_device_is_one_config_error_naming_the_field_and_options(value):
+    from mase_lite.errors import ConfigError
+    from mase_lite.training import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"train\.device = .* is not valid; choose one of: 'auto', 'cpu', 'cuda', "
+                                          r"'cuda:N'|train\.device must be a string"):
+        TrainConfig.from_dict({"device": value}, path="train")
+
+
+@pytest.mark.parametrize("value", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_good_device_values_round_trip(value):
+    from mase_lite.training import TrainConfig
+
+    cfg = TrainConfig.from_dict({"device": value})
+    assert cfg.device == value and TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig().device == "auto"
+
+
+def test_resolve_device(monkeypatch):
+    from mase_lite.errors import ConfigError
+    from mase_lite.training import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    for value in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=rf"train.device = '{value}' but CUDA is not available .*use 'auto' or 'cpu'"):
+            resolve_device(value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"train.device = 'cuda:2' but only 2 CUDA device\(s\) are visible"):
+        resolve_device("cuda:2")
+
+
+def test_precision_auto_resolves_per_device(monkeypatch):
+    from mase_lite import training
+
+    monkeypatch.setattr(training, "_cpu_has_native_bf16", lambda: False)
+    assert training.resolve_precision("auto") == "fp32" == training.resolve_precision("auto", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert training.resolve_precision("auto", "cuda") == "bf16"
+    assert training.resolve_precision("fp32", "cuda") == "fp32"  # an explicit choice stays
+
+
+def test_machine_info_records_the_device():
+    from mase_lite.machine import machine_info
+
+    assert "device" not in machine_info("fp32", 2)  # unchanged for callers that give none
+    info = machine_info("fp32", 2, torch.device("cpu"))
+    assert info["device"] == "cpu" and "gpu" not in info
+
+
+def test_train_and_evaluate_on_the_cpu_device():
+    from mase_lite.training import TrainConfig, evaluate, train
+
+    splits = _toy_splits()
+    model = build_model(CFG.replace(vocab_size=64, attn_implementation="eager"))
+    graph = trace(model.eval(), example_inputs(model))
+    res = train(graph, splits.train, TrainConfig(device="cpu", progress=False, batch_size=16, precision="fp32"))
+    assert res.device == "cpu" and res.steps == 6
+    ev = evaluate(graph, splits.val, device="cpu", precision="fp32")
+    assert ev.n == 32 and 0.0 <= ev.accuracy <= 1.0
+
+
+def test_train_refuses_cuda_without_it_before_touching_the_model(monkeypatch):
+    from mase_lite.errors import ConfigError
+    from mase_lite.training import TrainConfig, train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = build_model(CFG.replace(vocab_size=64))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        train(model, _toy_splits().train, TrainConfig(device="cuda", progress=False))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class _ToyLifecycle:
+    """A real lifecycle (real training) whose data are the toy splits."""
+
+    def __new__(cls):
+        from search.lifecycle import Lifecycle
+
+        class L(Lifecycle):
+            def load_data(self, data_cfg, model, splits=("train", "val", "test")):
+                return _toy_splits()
+
+        return L()
+
+
+def _search_config(device, **search):
+    from search.config import RunConfig
+
+    return RunConfig.from_dict({
+        "search": {"name": "dev", "samplers": ["random"], "n_trials": 2, "gc_after_trial": False, **search},
+        "space": {"num_hidden_layers": [1], "num_attention_heads": [2], "hidden_size": [16, 32],
+                  "intermediate_size": [32]},
+        "model": {"vocab_size": 64, "max_position_embeddings": 32},
+        "data": {"max_length": 16, "n_val": 8},
+        "train": {"progress": False, "device": device, "batch_size": 16},
+    })
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_full_search_trial_on_device(device, tmp_path):
+    """A whole search study with real training (train, evaluate, compress, cost, save) on ``device``."""
+    import optuna
+
+    from search.study import run_search
+
+    cfg = _search_config(device, variants=["compress"], pruner="median", eval_every=2, pruner_val_rows=8)
+    result = run_search(cfg, tmp_path / "run", lifecycle=_ToyLifecycle())
+    study = optuna.load_study(study_name="dev", storage=optuna.storages.RDBStorage(result.storage_url))
+    done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 1
+    for t in done:
+        machine = t.user_attrs["machine"]
+        assert machine["device"].split(":")[0] == device
+        if device == "cuda":
+            assert machine["gpu"] and machine["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+        assert 0.0 <= t.user_attrs["accuracy_compressed"] <= 1.0
+        assert t.intermediate_values  # the pruner's reports ran on the device too
+    best = result.summary[0]["best"][0]
+    loaded = MaseGraph.load(best["graph_dir"])
+    assert all(p.device.type == "cpu" for p in loaded.parameters())  # saved graphs load anywhere
+
+
+def test_search_fingerprint_records_the_device_only_off_the_cpu(monkeypatch):
+    from search.config import plan_studies, study_fingerprint
+
+    cfg = _search_config("cpu")
+    fp = study_fingerprint(cfg, plan_studies(cfg)[0])
+    assert "device" not in fp["train"]  # CPU studies made before the device option stay valid
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cfg = _search_config("auto")
+    fp = study_fingerprint(cfg, plan_studies(cfg)[0])
+    assert fp["train"]["device"] == "cuda" and fp["train"]["precision"] == "bf16"
+
+
+def test_search_with_cuda_but_none_is_an_error_before_any_work(monkeypatch, tmp_path):
+    from mase_lite.errors import ConfigError
+    from search.study import run_search
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="train.device = 'cuda' but CUDA is not available"):
+        run_search(_search_config("cuda"), tmp_path / "run", lifecycle=_ToyLifecycle())
+    assert not (tmp_path / "run" / "optuna.db").exists()
+
+
+def test_cli_device_flags(monkeypatch, tmp_path, capsys):
+    from mase_lite.cli import main
+    from mase_lite.commands.train import train_config_from_args
+    from mase_lite.errors import ConfigError
+
+    import argparse
+
+    args = argparse.Namespace(device="cpu", config=None)
+    assert train_config_from_args(args).device == "cpu"
+    with pytest.raises(ConfigError, match="train.device = 'gpu' is not valid"):
+        train_config_from_args(argparse.Namespace(device="gpu", config=None))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[search]\nname = "x"\n[space]\nhidden_size = [16]\n')
+    for argv in (["search", "--config", str(cfg), "--out", str(tmp_path / "r"), "--device", "cuda"],
+                 ["train", "--device", "cuda", "--layers", "1", "--hidden", "16", "--heads", "2",
+                  "--intermediate", "32"]):
+        assert main(argv) != 0
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "optuna.db").exists()
+
+
 if __name__ == "__main__":  # a GPU machine without pytest: python tests/test_device.py
     import tempfile
     from pathlib import Path

@@ -110,3 +110,50 @@ def test_add_common_metadata_keeps_pass_annotations(model_and_graph):
     _, info = run_pass(g, "add_common_metadata")
     assert g.meta(node.name).annotations["note"] == 1
     assert info["op_counts"]["linear"] == 14
+
+
+class _Norm(torch.nn.Module):
+    """A hand-written RMS norm (as HF writes Llama's): pow, mean, rsqrt, mul."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+class TinyRMSNorm(_Norm):
+    pass
+
+
+class TinyScale(_Norm):  # the same ops under a class name that is not a norm's
+    pass
+
+
+class _TwoNorms(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 8)
+        self.norm = TinyRMSNorm(8)
+        self.scale = TinyScale(8)
+
+    def forward(self, input_ids):
+        return self.scale(self.norm(self.emb(input_ids)))
+
+
+def test_hand_written_rms_norm_is_a_norm_by_its_class():
+    from mase_lite.metadata import is_rms_norm_class
+
+    g = trace(_TwoNorms(), {"input_ids": torch.randint(0, 10, (2, 5))})
+    ops = {}
+    for n in g.nodes:
+        m = g.meta(n)
+        if m.module_path in ("norm", "scale") and n.op == "call_function":
+            ops.setdefault(m.module_path, set()).add(m.op)
+    assert ops["norm"] == {"layer_norm"}
+    assert "layer_norm" not in ops["scale"] and "elementwise" in ops["scale"]
+    norm_params = [p.name for n in g.nodes for p in g.meta(n).params if g.meta(n).op == "layer_norm"]
+    assert norm_params == ["norm.weight"]
+    assert is_rms_norm_class("LlamaRMSNorm") and is_rms_norm_class("T5LayerNorm")
+    assert not is_rms_norm_class("LayerNorm") and not is_rms_norm_class(None)

@@ -51,6 +51,7 @@ samplers = ["{sampler}"]
 {n_trials}
 gc_after_trial = false
 heartbeat_interval = 3600
+reuse_duplicates = false  # every complete trial trained: the test counts training calls
 sampler_options = {{ tpe_startup_trials = 2 }}
 
 [space]

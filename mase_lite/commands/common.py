@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import load_toml
 from ..errors import ConfigError
-from ..models import ModelConfig, build_model, load_checkpoint
+from ..models import MODEL_TYPES, ModelConfig, build_model, load_checkpoint
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -18,16 +18,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model (an HF checkpoint directory, or a config)")
     g.add_argument("--checkpoint", type=Path, help="transformers checkpoint directory (from_pretrained)")
     g.add_argument("--model-config", type=Path, help="TOML file whose [model] table is a ModelConfig")
-    g.add_argument("--model-type", choices=["bert", "distilbert", "roberta"], help="default: bert")
+    g.add_argument("--model-type", choices=list(MODEL_TYPES), help="model family (default: bert)")
     g.add_argument("--layers", type=int, dest="num_hidden_layers", help="num_hidden_layers (default 2)")
     g.add_argument("--heads", type=int, dest="num_attention_heads", help="num_attention_heads (default 2)")
     g.add_argument("--hidden", type=int, dest="hidden_size", help="hidden_size (default 128)")
     g.add_argument("--intermediate", type=int, dest="intermediate_size", help="intermediate_size (default 512)")
+    g.add_argument("--kv-heads", type=int, dest="num_key_value_heads",
+                   help="num_key_value_heads for grouped-query attention (llama; default: --heads)")
     g.add_argument("--num-labels", type=int, dest="num_labels", help="number of classes (default 2)")
     g.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
 
 
-_FLAG_FIELDS = ("model_type", "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "num_labels")
+_FLAG_FIELDS = ("model_type", "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "num_labels",
+                "num_key_value_heads")
 
 
 def model_config_from_args(args: argparse.Namespace, section: dict[str, Any] | None = None) -> ModelConfig:

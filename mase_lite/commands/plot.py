@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, dest="run_dir", metavar="DIR", help="run folder of `mase-lite search` (reads its optuna.db)")
-    src.add_argument("--storage", help="Optuna RDB URL holding the studies")
+    src.add_argument("--storage", help="Optuna RDB URL, or journal:PATH, holding the studies")
     p.add_argument("--name", help="only the studies of this run (search.name)")
     p.add_argument("--studies", nargs="+", metavar="STUDY", help="only these studies, on one figure")
     p.add_argument("--out", type=Path, help="output folder (default: the run folder, or the current folder)")

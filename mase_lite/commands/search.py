@@ -18,11 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", type=Path, required=True, help="search config TOML ([search], [space], ...)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<search.name>)")
-    p.add_argument("--storage", help="Optuna RDB URL, e.g. postgresql://user:pw@host/db "
-                                     "(default: search.storage, else sqlite:///<run folder>/optuna.db)")
+    p.add_argument("--storage", help="Optuna RDB URL, e.g. postgresql+psycopg://user:pw@host/db (needs "
+                                     "mase-lite[postgres]), or journal:PATH for a journal file shared by "
+                                     "several processes (default: search.storage, else "
+                                     "sqlite:///<run folder>/optuna.db)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run's existing studies (also: join them as another worker)")
     p.add_argument("--n-trials", type=int, help="trials per study (overrides search.n_trials)")
+    p.add_argument("--device", help="train.device: auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE", dest="overrides",
                    help="override a config value, VALUE in TOML syntax (e.g. --set data.n_train=500 "
                         "--set 'search.seeds=[0]'); repeatable")
@@ -91,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_trials is not None and args.n_trials < 1:
         raise ConfigError(f"--n-trials = {args.n_trials} must be at least 1")
-    cfg = load_run_config(args.config, parse_overrides(args.overrides))
+    overrides = parse_overrides(args.overrides)
+    if args.device is not None:
+        overrides.setdefault("train", {})["device"] = args.device
+    cfg = load_run_config(args.config, overrides)
     run_dir = args.out or Path("runs") / cfg.search.name
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} exists and is not a directory")

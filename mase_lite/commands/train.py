@@ -36,7 +36,7 @@ _TRAIN_FLAGS = {
     "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm", "train_seed": "seed",
     "precision": "precision", "dropout": "dropout", "group_by_length": "group_by_length",
     "eval_every": "eval_every", "threads": "num_threads", "progress": "progress",
-    "eval_batch_size": "eval_batch_size",
+    "eval_batch_size": "eval_batch_size", "device": "device",
 }
 
 
@@ -50,7 +50,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", help="dataset name (default imdb)")
     g.add_argument("--text-column", help="text column (default text)")
     g.add_argument("--label-column", help="label column (default label)")
-    g.add_argument("--tokenizer", help="tokenizer name/dir under the mirror (default bert-base-uncased)")
+    g.add_argument("--tokenizer", help="tokenizer name under the mirror / on the hub, or a directory (default: the "
+                                       "--checkpoint's own tokenizer files, else bert-base-uncased)")
     g.add_argument("--n-train", type=int, help="training rows (default: all not in validation)")
     g.add_argument("--n-val", type=int, help="validation rows carved from the training split (default 2000)")
     g.add_argument("--n-test", type=int, help="test rows (default: all)")
@@ -77,6 +78,7 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=int, help="evaluate on the validation split every N steps (0: each epoch)")
     g.add_argument("--eval-batch-size", type=int)
     g.add_argument("--threads", type=int, help="torch threads (default: the available CPUs)")
+    g.add_argument("--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N (default auto)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
 
 
@@ -136,12 +138,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     e.add_argument("--threads", type=int)
+    e.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
     e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(run=run_eval)
 
 
 # --------------------------------------------------------------------------- logic on built objects
+
+
+def tokenizer_config(data_cfg: DataConfig, model) -> DataConfig:
+    """``data_cfg`` with the tokenizer chosen for ``model`` (``--tokenizer``, else the checkpoint's own
+    tokenizer files, else bert-base-uncased; the lifecycle's step)."""
+    from search.lifecycle import default_lifecycle
+
+    return default_lifecycle().tokenizer_config(data_cfg, model)
 
 
 def prepare_data(model, data_cfg: DataConfig, splits: tuple[str, ...] = SPLITS) -> Splits:
@@ -174,13 +185,13 @@ def train_model(model, splits: Splits, train_cfg: TrainConfig, eval_split: str =
 
 
 def evaluate_model(model, splits: Splits, split: str, *, batch_size: int = 128, precision: str = "auto",
-                   num_threads: int | None = None, progress: bool = False) -> EvalResult:
-    """Accuracy and loss of ``model`` on one split."""
+                   num_threads: int | None = None, progress: bool = False, device: str | None = None) -> EvalResult:
+    """Accuracy and loss of ``model`` on one split (on ``device``; ``None``: where the model is)."""
     ds = getattr(splits, split)
     if len(ds) == 0:
         raise ConfigError(f"split {split!r} is empty")
     return evaluate(model, ds, batch_size=batch_size, precision=precision, num_threads=num_threads,
-                    pad_id=splits.pad_id, progress=progress)
+                    pad_id=splits.pad_id, progress=progress, device=device)
 
 
 def _print(summary: dict[str, Any], as_json: bool) -> None:
@@ -203,11 +214,15 @@ def _print(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..training import resolve_device
+
     data_cfg = data_config_from_args(args)
     train_cfg = train_config_from_args(args)
+    resolve_device(train_cfg.device)  # cuda without CUDA: an error before any work
     model = _build_model(args)
+    data_cfg = tokenizer_config(data_cfg, model)  # the checkpoint's own tokenizer by default; recorded below
     needed = ("train",) if args.eval_split == "none" else ("train", args.eval_split)
-    splits = prepare_data(model, data_cfg, needed)
+    splits = prepare_data(model, data_cfg, needed)  # also sets a decoder's pad_token_id before tracing
     graph = _to_graph(model)
     summary = train_model(graph, splits, train_cfg, args.eval_split)
     if args.out:
@@ -218,6 +233,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from ..training import resolve_device
+
+    resolve_device(args.device, "--device")  # a bad or unavailable device: an error before any work
     # default data settings: those the graph was trained with (same seed -> same validation rows)
     record = Path(args.graph) / "training.json"
     base = json.loads(record.read_text()).get("data", {}) if record.is_file() else {}
@@ -225,7 +243,8 @@ def run_eval(args: argparse.Namespace) -> int:
     graph = _load_graph(args.graph)
     splits = prepare_data(graph, data_cfg, (args.split,))
     result = evaluate_model(graph, splits, args.split, batch_size=args.batch_size, precision=args.precision,
-                            num_threads=args.threads, progress=args.progress)
+                            num_threads=args.threads, progress=args.progress,
+                            device=resolve_device(args.device, "--device"))
     _print({args.split: result.__dict__}, args.json)
     return 0
 

@@ -44,9 +44,13 @@ class EvalSection(Config):
     batch_size: int = 128
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     num_threads: Optional[int] = None
+    device: str = "auto"
 
     def validate(self, path: str = "") -> None:
+        from ..training import check_device
+
         p = f"{path}." if path else ""
+        check_device(p + "device", self.device)
         check_range(p + "batch_size", self.batch_size, 1)
         if self.num_threads is not None:
             check_range(p + "num_threads", self.num_threads, 1)
@@ -79,12 +83,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, required=True, help="TOML config with [passes] (and [model], [data], [eval])")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation even if [data] is given")
+    p.add_argument("--device", help="eval.device: auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
     add_model_args(p)
     p.set_defaults(run=run)
 
 
 def _load(args: argparse.Namespace) -> TransformFile:
-    cfg = TransformFile.from_dict(load_toml(args.config))
+    data = load_toml(args.config)
+    if getattr(args, "device", None) is not None:
+        data = {**data, "eval": {**(data.get("eval") or {}), "device": args.device}}
+    cfg = TransformFile.from_dict(data)
+    if cfg.data is not None and not getattr(args, "no_eval", False):
+        from ..training import resolve_device
+
+        resolve_device(cfg.eval.device, "eval.device")  # cuda without CUDA: an error before any work
     from passes import parse_pipeline
 
     parse_pipeline({"passes": cfg.passes})  # every pass name and config checked before any work
@@ -163,11 +175,12 @@ def run(args: argparse.Namespace) -> int:
         "pass_info": {k: {kk: vv for kk, vv in v.items() if kk != "table"} for k, v in infos.items()},
     }
     if evaluate_now:
-        from ..training import evaluate
+        from ..training import evaluate, resolve_device
 
         ds = getattr(splits, cfg.eval.split)
         ev = evaluate(graph, ds, batch_size=cfg.eval.batch_size, precision=cfg.eval.precision,
-                      num_threads=cfg.eval.num_threads, pad_id=splits.pad_id)
+                      num_threads=cfg.eval.num_threads, pad_id=splits.pad_id,
+                      device=resolve_device(cfg.eval.device, "eval.device"))
         report["evaluation"] = {"split": cfg.eval.split, "rows": ev.n, "accuracy": ev.accuracy, "loss": ev.loss}
     out = Path(args.out)
     if out.exists() and not out.is_dir():

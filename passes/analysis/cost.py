@@ -5,14 +5,26 @@ Per node that reads parameters, and in total (every stored tensor counted once):
 * ``params``: elements of the stored tensors the node reads (see *What is counted* below);
 * ``macs``: multiply-accumulates for ``batch_size`` x ``seq_len`` inputs (linear: rows x in x out,
   attention: QK^T and PV); ``macs_sparse``: linear MACs with only the non-zero weights;
-* ``bits``: storage bits per element of each tensor -- the quantised width (``weight_width`` /
-  ``bias_width``) where the node quantises it, else the dtype's width (32 for float32);
+* ``bits``: storage bits per element of each tensor -- the number format's
+  :meth:`~passes.formats.NumberFormat.bits_per_value` where the node quantises it (integer: its
+  width), else the dtype's width (32 for float32); ``overhead_bits``: the format's bits stored once
+  per tensor / channel / block (:meth:`~passes.formats.NumberFormat.overhead_bits`: scales, shared
+  exponents; 0 for integer), added to the quantised and compressed sizes;
 * ``nonzero``: non-zero elements of the effective tensors (``q(w) * mask``), ``pruned``: mask zeros;
+  ``rounding_zeros``: elements the mask keeps, non-zero in float, that the format rounds to 0 -- the
+  zeros quantisation adds on top of pruning. Totals (all, ``*_embedding``, ``*_non_embedding``) and
+  per-node rows (and each tensor) also give ``pruned_fraction`` (pruned / params),
+  ``rounding_zero_fraction`` (rounding zeros / params), ``rounding_zero_fraction_of_kept``
+  (rounding zeros / (params - pruned)) and ``effective_sparsity`` (1 - nonzero / params: every zero
+  of the effective weights);
 * sizes in bytes (each tensor rounded up to whole bytes):
   (a) ``size_bytes_fp32``: dense float32;
   (b) ``size_bytes_quantized``: dense at the stored precision;
-  (c) ``size_bytes_compressed``: quantised + sparse -- for a tensor with a pruning mask, its non-zero
-  values at the stored precision plus a 1-bit-per-element mask; other tensors as (b).
+  (c) ``size_bytes_compressed``: quantised + sparse -- for a tensor with a pruning mask, the smallest
+  encoding that keeps the mask (rounding zeros are not pruned weights): its non-zero values at the
+  stored precision plus a 1-bit-per-element mask, plus 1 bit per kept value when some kept values
+  round to zero, or the dense values where that is smaller (:mod:`passes.export.encoding`, what the
+  compact export writes); other tensors as (b).
 
 Embedding tables (most of a small BERT's parameters) count at their own precision (float32 unless
 quantised) and are also reported separately (``*_embedding`` keys), next to everything else
@@ -47,7 +59,10 @@ from mase_lite.graph import MaseGraph
 
 from ..registry import register_pass
 from ..transforms.compressed_nodes import get_tensor, is_embedding, is_linear, linear_mask_node
+from ..formats import format_from_spec
+from ..formats.integer import IntegerFormat
 from ..transforms.quantizers import integer_quantize_reference
+from ..export.encoding import masked_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -96,26 +111,48 @@ def stored_tensors(graph: MaseGraph) -> dict[int, tuple[str, torch.Tensor]]:
     return out
 
 
-def _tensor_cost(name: str, t: torch.Tensor, spec: Any, mask: torch.Tensor | None) -> dict[str, Any]:
+def _tensor_cost(name: str, t: torch.Tensor, spec: Any, mask: torch.Tensor | None,
+                 channel_dim: int | None = 0) -> dict[str, Any]:
     t = t.detach()
     numel = int(t.numel())
-    bits = int(spec[0]) if spec is not None else _dtype_bits(t)
+    fmt = format_from_spec(spec)
+    bits = fmt.bits_per_value() if fmt is not None else _dtype_bits(t)
+    overhead = fmt.overhead_bits(tuple(t.shape), channel_dim=channel_dim) if fmt is not None else 0
     eff = t.float()
-    if spec is not None:
-        eff = integer_quantize_reference(eff, *spec)
+    if isinstance(fmt, IntegerFormat):
+        eff = integer_quantize_reference(eff, *fmt.qspec)
+    elif fmt is not None:
+        eff = fmt.quantize(eff, channel_dim=channel_dim)
     pruned = 0
+    kept = t != 0
     if mask is not None:
         mask = mask.to(torch.bool)
         eff = eff * mask
         pruned = numel - int(mask.sum())
+        kept = kept & mask
     nonzero = int((eff != 0).sum())
-    dense_q = math.ceil(numel * bits / 8)
-    compressed = math.ceil(nonzero * bits / 8) + math.ceil(numel / 8) if mask is not None else dense_q
-    return {"name": name, "numel": numel, "bits": bits, "nonzero": nonzero, "pruned": pruned,
+    rounding_zeros = int((kept & (eff == 0)).sum())
+    dense_q = math.ceil((numel * bits + overhead) / 8)
+    # a masked tensor in the smallest encoding that keeps its mask (rounding zeros are not pruned),
+    # as the compact export writes it (passes.export.encoding)
+    compressed = (masked_nbytes(numel, numel - pruned, nonzero, bits) + math.ceil(overhead / 8)
+                  if mask is not None else dense_q)
+    return {"name": name, "numel": numel, "bits": bits, "overhead_bits": overhead, "nonzero": nonzero,
+            "pruned": pruned, "rounding_zeros": rounding_zeros, **_fractions(numel, pruned, rounding_zeros, nonzero),
             "size_bytes_fp32": numel * 4, "size_bytes_quantized": dense_q, "size_bytes_compressed": compressed}
 
 
-_SUMS = ("params", "nonzero", "pruned", "size_bytes_fp32", "size_bytes_quantized", "size_bytes_compressed")
+def _fractions(numel: int, pruned: int, rounding_zeros: int, nonzero: int) -> dict[str, float]:
+    """Pruning zeros, rounding zeros and all zeros as fractions (see the module docstring)."""
+    kept = numel - pruned
+    return {"pruned_fraction": pruned / numel if numel else 0.0,
+            "rounding_zero_fraction": rounding_zeros / numel if numel else 0.0,
+            "rounding_zero_fraction_of_kept": rounding_zeros / kept if kept else 0.0,
+            "effective_sparsity": 1.0 - nonzero / numel if numel else 0.0}
+
+
+_SUMS = ("params", "nonzero", "pruned", "rounding_zeros", "size_bytes_fp32", "size_bytes_quantized",
+         "size_bytes_compressed")
 
 
 @register_pass("cost", CostConfig, kind="analysis")
@@ -138,7 +175,8 @@ def cost(graph: MaseGraph, config: CostConfig) -> tuple[MaseGraph, dict[str, Any
             if id(t) not in stored or id(t) in seen:
                 continue
             seen.add(id(t))
-            tensors[role] = _tensor_cost(pnode.target, t, spec, get_tensor(graph, mask_node))
+            tensors[role] = _tensor_cost(pnode.target, t, spec, get_tensor(graph, mask_node),
+                                         None if role == "bias" else 0)
         macs_sparse = macs
         if is_linear(node) and "weight" in tensors and macs:
             w = tensors["weight"]
@@ -157,6 +195,7 @@ def cost(graph: MaseGraph, config: CostConfig) -> tuple[MaseGraph, dict[str, Any
         row["weight_bits"] = tensors["weight"]["bits"] if "weight" in tensors else None
         row["weight_sparsity"] = (tensors["weight"]["pruned"] / tensors["weight"]["numel"]
                                   if "weight" in tensors and tensors["weight"]["numel"] else 0.0)
+        row.update(_fractions(row["params"], row["pruned"], row["rounding_zeros"], row["nonzero"]))
         rows.append(row)
     # stored tensors read only by nodes not counted above, or by no node at all
     rest = [(name, t) for tid, (name, t) in stored.items() if tid not in seen]
@@ -167,12 +206,17 @@ def cost(graph: MaseGraph, config: CostConfig) -> tuple[MaseGraph, dict[str, Any
         for key in _SUMS:
             row[key] = sum(t["numel" if key == "params" else key] for t in tensors.values())
             groups["non_embedding"][key] += row[key]
+        row.update(_fractions(row["params"], row["pruned"], row["rounding_zeros"], row["nonzero"]))
         rows.append(row)
     info: dict[str, Any] = {}
     for key in _SUMS:
         info[key] = groups["embedding"][key] + groups["non_embedding"][key]
         info[f"{key}_embedding"] = groups["embedding"][key]
         info[f"{key}_non_embedding"] = groups["non_embedding"][key]
+    for sfx in ("", "_embedding", "_non_embedding"):
+        for k, v in _fractions(info["params" + sfx], info["pruned" + sfx], info["rounding_zeros" + sfx],
+                               info["nonzero" + sfx]).items():
+            info[k + sfx] = v
     info["macs"] = total_macs
     info["macs_sparse"] = total_macs_sparse
     info["batch_size"], info["seq_len"] = b, s
@@ -184,20 +228,24 @@ def cost(graph: MaseGraph, config: CostConfig) -> tuple[MaseGraph, dict[str, Any
 
 
 def format_table(rows: list[dict[str, Any]], totals: dict[str, Any]) -> str:
-    """A text table of the per-node rows and the totals."""
-    head = f"{'node':<16} {'op':<10} {'module':<44} {'params':>9} {'bits':>4} {'sparsity':>8} {'MACs':>12} " \
-           f"{'fp32 B':>10} {'quant B':>10} {'q+sparse B':>10}"
+    """A text table of the per-node rows and the totals (``sparsity``: pruned weights; ``round0``:
+    rounding zeros / params; ``eff.sp``: effective sparsity, all zeros / params)."""
+    head = f"{'node':<16} {'op':<10} {'module':<44} {'params':>9} {'bits':>4} {'sparsity':>8} {'round0':>7} " \
+           f"{'eff.sp':>7} {'MACs':>12} {'fp32 B':>10} {'quant B':>10} {'q+sparse B':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
         bits = "" if r["weight_bits"] is None else str(r["weight_bits"])
         lines.append(f"{r['node']:<16} {r['op']:<10} {r['module'][:44]:<44} {r['params']:>9} {bits:>4} "
-                     f"{r['weight_sparsity']:>8.3f} {r['macs']:>12} {r['size_bytes_fp32']:>10} "
+                     f"{r['weight_sparsity']:>8.3f} {r['rounding_zero_fraction']:>7.3f} "
+                     f"{r['effective_sparsity']:>7.3f} {r['macs']:>12} {r['size_bytes_fp32']:>10} "
                      f"{r['size_bytes_quantized']:>10} {r['size_bytes_compressed']:>10}")
     lines.append("-" * len(head))
     for group in ("embedding", "non_embedding", None):
         sfx = f"_{group}" if group else ""
         label = group or "total"
-        lines.append(f"{label:<16} {'':<10} {'':<44} {totals['params' + sfx]:>9} {'':>4} {'':>8} "
+        lines.append(f"{label:<16} {'':<10} {'':<44} {totals['params' + sfx]:>9} {'':>4} "
+                     f"{totals['pruned_fraction' + sfx]:>8.3f} {totals['rounding_zero_fraction' + sfx]:>7.3f} "
+                     f"{totals['effective_sparsity' + sfx]:>7.3f} "
                      f"{totals['macs'] if group is None else '':>12} {totals['size_bytes_fp32' + sfx]:>10} "
                      f"{totals['size_bytes_quantized' + sfx]:>10} {totals['size_bytes_compressed' + sfx]:>10}")
     return "\n".join(lines)

@@ -1,4 +1,8 @@
-"""``report_graph``: a table of nodes or modules with op kinds, shapes, parameter counts and MACs."""
+"""``report_graph``: a table of nodes or modules with op kinds, shapes, parameter counts and MACs.
+
+On a quantised graph node rows also show each node's number formats (``formats``: per role, from
+the ``quantize`` pass's annotation, e.g. ``in=integer(8.4) w=scaled_integer(8,per_channel)``).
+"""
 
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ def report_graph(graph: MaseGraph, config: ReportConfig) -> tuple[MaseGraph, dic
         rows.append({
             "node": node.name, "op": meta.op, "module": meta.module_path or "",
             "module_class": meta.module_class or "", "shape": _shape(meta), "params": n_params, "macs": macs,
+            "formats": format_summary(meta.annotations.get("quant")),
         })
     total_params = sum(p.numel() for p in graph.gm.parameters())
     totals = {"nodes": len(rows), "params": total_params, "macs": total_macs,
@@ -80,10 +85,32 @@ def report_graph(graph: MaseGraph, config: ReportConfig) -> tuple[MaseGraph, dic
     else:
         out_rows = [r for r in rows if r["op"] in shown]
         columns = ["node", "op", "module", "shape", "params", "macs"]
+        if any(r["formats"] for r in out_rows):
+            columns.append("formats")
     table = format_table(out_rows, columns)
     table += (f"\n\ntotal: {totals['nodes']} nodes, {total_params:,} parameters, "
               f"{total_macs:,} MACs for a {b}x{s} input")
     return graph, {"rows": out_rows, "totals": totals, "table": table}
+
+
+_ROLE_SHORT = {"data_in": "in", "weight": "w", "bias": "b", "data_out": "out"}
+
+
+def format_summary(quant: Any) -> str:
+    """``in=integer(8.4) w=scaled_integer(8,per_channel)`` from a node's ``quant`` annotation ("" if none)."""
+    if not quant:
+        return ""
+    parts = []
+    for role, fmt in quant.items():
+        if not fmt:
+            continue
+        if "name" not in fmt:  # integer: {"width", "frac_width", "floor"}
+            desc = f"integer({fmt['width']}.{fmt['frac_width']}{',floor' if fmt.get('floor') else ''})"
+        else:
+            vals = [str(v) for k, v in fmt.items() if k != "name" and v is not None]
+            desc = f"{fmt['name']}({','.join(vals)})"
+        parts.append(f"{_ROLE_SHORT.get(role, role)}={desc}")
+    return " ".join(parts)
 
 
 def _count(items: Any) -> dict[str, int]:

@@ -4,8 +4,12 @@ They take tensors as positional arguments (from ``get_attr`` / activation nodes)
 configuration as constant keyword arguments made of plain Python values, so that torch.fx can
 print, copy and re-trace the graph:
 
-* a fixed-point format is a tuple ``(width, frac_width, floor)`` (see :class:`quantizers.QSpec`),
-  or ``None`` for float32;
+* a number format is its :meth:`~passes.formats.NumberFormat.spec`: for ``integer`` the tuple
+  ``(width, frac_width, floor)`` (see :class:`quantizers.QSpec`), for other formats
+  ``(name, ((field, value), ...))``; or ``None`` for float32. Integer formats run the fused
+  fixed-point code below (and the native operator); every other format runs its own
+  ``quantize``/``quantize_ste`` (activations per tensor; weights with ``channel_dim = 0``, the output
+  channel; biases per tensor);
 * activation pruning is a tuple ``(sparsity, method, granularity)``, or ``None``; ``random``
   pruning also takes ``act_seed = (seed, offset)`` (plain ints) and ``act_calls``, a 0-dim int64
   buffer (a ``get_attr`` node) counting the node's calls: call ``n`` draws its mask from
@@ -22,7 +26,7 @@ computed on the quantised values the matmul consumes), the weight is ``q(w) * ma
 ``q(b)``; the product is optionally quantised (``data_out``). Each ``*_reference`` function spells
 the same computation out with the straightforward formulas; tests check they agree bit for bit.
 
-On the CPU the quantise-then-prune-per-token input path (l1-norm; float32 with grids up to 16 bits,
+On the CPU the integer quantise-then-prune-per-token input path (l1-norm; float32 with grids up to 16 bits,
 bfloat16 up to 8) runs the native operator of :mod:`passes.transforms.native` when it is available, the torch
 formulation below otherwise (and on other devices); both give the same results.
 """
@@ -37,14 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from . import native
+from ..formats import NumberFormat, format_from_spec
 from .quantizers import (
     QSpec,
     _in_range,
+    as_weight_format,
     integer_quantize,
-    integer_quantize_reference,
     quantize_codes_,
     quantize_weight,
-    qspec,
 )
 from .sparsity import (
     MAX_SEARCH_LEVELS,
@@ -135,6 +139,16 @@ def _act_forward(x: torch.Tensor, spec: Optional[QSpec], prune: Optional[tuple],
     if spec is None:
         keep = activation_keep_mask(x, *prune, generator=generator)
         return x * keep, keep
+    if isinstance(spec, NumberFormat):  # any format but integer: its own quantiser, then the mask
+        v = spec.quantize(x)
+        keep = None
+        if prune is not None:
+            keep = activation_keep_mask(v, *prune, generator=generator)
+            v = v * keep
+        if clipped and keep_for_backward:
+            inside = ~spec.saturated(x)
+            keep = inside if keep is None else keep & inside
+        return v, keep
     if scratch_out:
         v = _scratch("xq", tuple(x.shape), x.dtype, x.device)
     else:
@@ -142,7 +156,7 @@ def _act_forward(x: torch.Tensor, spec: Optional[QSpec], prune: Optional[tuple],
     if prune is not None and prune[1:] == ("l1-norm", "token") and x.dim() > 0:
         d = x.shape[-1]
         k = num_to_prune(prune[0], d)
-        if native.supports(x, -spec.qmin + 1, k, d):
+        if native.serves(spec) and native.supports(x, -spec.qmin + 1, k, d):
             keep = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if keep_for_backward else None
             native.quantize_prune_rows(x, spec, k, v, keep, clipped)
             return v, keep
@@ -205,7 +219,7 @@ class _QuantPruneInput(torch.autograd.Function):
 
 def _input_path(x: torch.Tensor, data_in, act_prune, ste: str, scratch_out: bool, act_seed=None,
                 act_calls: Optional[torch.Tensor] = None) -> torch.Tensor:
-    spec = qspec(data_in)
+    spec = as_weight_format(data_in)
     prune = _prune_spec(act_prune)
     if spec is None and prune is None:
         return x
@@ -226,7 +240,7 @@ def quantize_prune_input_reference(x: torch.Tensor, data_in=None, act_prune=None
                                    act_calls: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Straightforward formulation of :func:`quantize_prune_input` (forward only)."""
     if data_in is not None:
-        x = integer_quantize_reference(x, *data_in)
+        x = _reference(x, data_in)
     if act_prune is not None and act_prune[0] > 0:
         if act_prune[1] == "random":
             gen = _act_generator(tuple(act_prune), act_seed, act_calls, x.device)
@@ -237,11 +251,19 @@ def quantize_prune_input_reference(x: torch.Tensor, data_in=None, act_prune=None
 
 
 def quantize_activation(x: torch.Tensor, spec=None, ste: str = "plain") -> torch.Tensor:
-    """``q(x)`` for a ``(width, frac_width, floor)`` tuple, identity for ``None``."""
-    spec = qspec(spec)
+    """``q(x)`` for a format spec (module docstring), identity for ``None``."""
+    spec = as_weight_format(spec)
     if spec is None:
         return x
-    return integer_quantize(x, spec.width, spec.frac_width, floor=spec.floor, ste=ste)
+    if isinstance(spec, QSpec):
+        return integer_quantize(x, spec.width, spec.frac_width, floor=spec.floor, ste=ste)
+    return spec.quantize_ste(x, ste)
+
+
+def _reference(x: torch.Tensor, spec, channel_dim: Optional[int] = None) -> torch.Tensor:
+    """``x`` through the format's straightforward reference (identity for ``None``)."""
+    fmt = format_from_spec(spec)
+    return x if fmt is None else fmt.reference(x, channel_dim=channel_dim)
 
 
 def compressed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -262,7 +284,7 @@ def compressed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     xq = x if prepared_input else _input_path(x, data_in, act_prune, ste, scratch_out=not torch.is_grad_enabled(),
                                               act_seed=act_seed, act_calls=act_calls)
     w = quantize_weight(weight, weight_mask, weight_q, ste=ste)
-    b = bias if bias is None else quantize_weight(bias, None, bias_q, ste=ste)
+    b = bias if bias is None else quantize_weight(bias, None, bias_q, ste=ste, channel_dim=None)
     return quantize_activation(F.linear(xq, w, b), data_out, ste)
 
 
@@ -271,22 +293,29 @@ def compressed_linear_reference(x, weight, bias=None, weight_mask=None, *, data_
                                 prepared_input: bool = False, act_seed=None, act_calls=None) -> torch.Tensor:
     """Straightforward formulation of :func:`compressed_linear` (forward only), for tests."""
     xq = quantize_prune_input_reference(x, data_in, act_prune, act_seed=act_seed, act_calls=act_calls)
-    w = weight if weight_q is None else integer_quantize_reference(weight, *weight_q)
+    w = _reference(weight, weight_q, 0)
     if weight_mask is not None:
         w = w * weight_mask
-    b = bias if (bias is None or bias_q is None) else integer_quantize_reference(bias, *bias_q)
+    b = bias if bias is None else _reference(bias, bias_q)
     y = F.linear(xq, w, b)
-    return y if data_out is None else integer_quantize_reference(y, *data_out)
+    return _reference(y, data_out)
 
 
 def compressed_embedding(weight: torch.Tensor, indices: torch.Tensor, padding_idx: int = -1, *, weight_q=None,
                          data_out=None, ste: str = "plain") -> torch.Tensor:
     """``q_out(embedding(indices, q_w(weight)))``, argument order as ``aten.embedding``.
 
-    Only the looked-up rows are quantised (``q(W)[i] == q(W[i])`` elementwise), so a large
-    vocabulary costs nothing extra; ``padding_idx`` only affects the gradient, as in aten.
+    For elementwise formats (integer) only the looked-up rows are quantised (``q(W)[i] == q(W[i])``),
+    so a large vocabulary costs nothing extra; formats with shared scales quantise the whole table
+    (per row with ``channel_dim = 0``; cached in evaluation). ``padding_idx`` only affects the
+    gradient, as in aten.
     """
-    rows = F.embedding(indices, weight, padding_idx=None if padding_idx is None or padding_idx < 0 else padding_idx)
+    pad = None if padding_idx is None or padding_idx < 0 else padding_idx
+    fmt = as_weight_format(weight_q)
+    if fmt is not None and not isinstance(fmt, QSpec) and not fmt.elementwise:
+        rows = F.embedding(indices, quantize_weight(weight, None, fmt, ste=ste, channel_dim=0), padding_idx=pad)
+        return quantize_activation(rows, data_out, ste)
+    rows = F.embedding(indices, weight, padding_idx=pad)
     rows = quantize_activation(rows, weight_q, ste)
     return quantize_activation(rows, data_out, ste)
 
@@ -294,9 +323,9 @@ def compressed_embedding(weight: torch.Tensor, indices: torch.Tensor, padding_id
 def compressed_embedding_reference(weight, indices, padding_idx: int = -1, *, weight_q=None, data_out=None,
                                    ste: str = "plain") -> torch.Tensor:
     """Straightforward formulation: quantise the whole table, then look up."""
-    w = weight if weight_q is None else integer_quantize_reference(weight, *weight_q)
+    w = _reference(weight, weight_q, 0)
     rows = F.embedding(indices, w)
-    return rows if data_out is None else integer_quantize_reference(rows, *data_out)
+    return _reference(rows, data_out)
 
 
 def compressed_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask=None,

@@ -91,7 +91,7 @@ def build_table(cfg: RunConfig, out: str | Path, seeds: Sequence[int] = (0, 1, 2
     ``lifecycle`` builds, trains and evaluates (default: :func:`search.lifecycle.default_lifecycle`);
     the data are only loaded when rows are missing. Returns how many rows are done; ``table`` is set once all are.
     """
-    from tqdm.auto import tqdm
+    from mase_lite.progress import progress as tqdm  # one line per row when stderr is not a terminal
 
     from ..study import _quiet_optuna, load_data
 

@@ -9,7 +9,9 @@ table. It behaves as a live study does:
   the table's seeds per architecture, drawn with ``numpy.random.default_rng((seed, ...))``. The draw
   depends on the replay seed and the architecture only: a repeated pick returns the same value, and
   all samplers and metrics replayed with one seed see the same training noise, as the studies of one
-  live seed do.
+  live seed do. This is the live search's rule for duplicates (``search.reuse_duplicates``): a trial
+  whose configuration was already evaluated reuses that result, counts against ``n_trials``, and
+  is marked ``reused_from`` (the 1-based ``trial`` of the first evaluation).
 * An unbuildable combination raises :class:`~search.space.InvalidArchitecture` (pruned; it costs
   nothing and does not count). A table value of NaN (a run that failed) fails the trial, which
   counts, as a failed live trial does. A run stops after ``n_trials`` counted trials, or when the
@@ -59,7 +61,8 @@ class ReplayTrial:
     ``trial``: 1-based position among counted trials; ``number``: Optuna's trial number (pruned
     trials included); ``observed``: the study metric of the drawn seed (NaN if that run failed);
     ``mean_*``: the architecture's mean over seeds of each metric; ``size_bytes_compressed``: of the
-    drawn seed's row.
+    drawn seed's row. ``reused_from``: for a repeated configuration, the ``trial`` that evaluated
+    it first (its result is reused, as a live search does; None for a first evaluation).
     """
 
     trial: int
@@ -71,6 +74,7 @@ class ReplayTrial:
     mean_compressed: float
     mean_finetuned: float
     size_bytes_compressed: float
+    reused_from: int | None = None
 
     def mean(self, metric: str) -> float:
         return getattr(self, f"mean_{metric}")
@@ -226,6 +230,7 @@ def _replay(ctx: _Context, sampler: str, seed: int, n_trials: int, metric: str, 
     model_space = ctx.space.model
     records: list[ReplayTrial] = []
     state = {"pruned": 0}
+    first_trial: dict[str, int] = {}  # arch -> the counted trial that evaluated it first
 
     def objective(trial: optuna.Trial) -> Any:
         config = model_space.suggest(trial)  # InvalidArchitecture (pruned) for an unbuildable combination
@@ -234,8 +239,10 @@ def _replay(ctx: _Context, sampler: str, seed: int, n_trials: int, metric: str, 
         j = int(draws[i])
         value = float(column[i, j])
         size = float(ctx.sizes[i, j])
+        first = first_trial.setdefault(arch, len(records) + 1)
         records.append(ReplayTrial(len(records) + 1, trial.number, arch, table.seeds[j], value,
-                                   float(means_t[i]), float(means_c[i]), float(means_f[i]), size))
+                                   float(means_t[i]), float(means_c[i]), float(means_f[i]), size,
+                                   reused_from=None if first == len(records) + 1 else first))
         if math.isnan(value):
             raise _FailedRun(f"{arch} seed {table.seeds[j]}: {METRIC_COLUMNS[metric]} is nan")
         out = [value if o == "accuracy" else size for o in objectives]
@@ -311,7 +318,7 @@ def replay_many(table: BenchTable, samplers: Sequence[str], seeds: Sequence[int]
     :func:`default_workers`; small jobs run in this process). ``progress``: a tqdm bar on stderr
     (shown only on a terminal).
     """
-    from tqdm.auto import tqdm
+    from mase_lite.progress import progress as tqdm  # one line per run when stderr is not a terminal
 
     objectives = dict(objectives or {})
     tasks = []
@@ -358,6 +365,6 @@ def runs_rows(runs: Mapping[str, Sequence[ReplayRun]]) -> Iterator[dict[str, Any
                        "trial_number": t.number, "arch": t.arch, "table_seed": t.table_seed,
                        "observed": t.observed, "best_so_far": b, "hypervolume": h,
                        "mean_trained": t.mean_trained, "mean_compressed": t.mean_compressed,
-                       "mean_finetuned": t.mean_finetuned,
+                       "mean_finetuned": t.mean_finetuned, "reused_from": t.reused_from,
                        "size_bytes_compressed": int(t.size_bytes_compressed) if math.isfinite(t.size_bytes_compressed)
                        else None}

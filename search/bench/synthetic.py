@@ -71,7 +71,7 @@ def write_synthetic_table(directory: str | Path, space: Mapping[str, Sequence[in
                           compression: Mapping[str, Any] | None = None,
                           rows: list[dict[str, Any]] | None = None) -> Path:
     """Write a synthetic table directory; ``data``/``train`` override fields of the default configs."""
-    from mase_lite.data import DataConfig
+    from mase_lite.data import DEFAULT_TOKENIZER, DataConfig
     from mase_lite.models import ModelConfig
     from mase_lite.training import TrainConfig
     from search.config import DEFAULT_COMPRESSION
@@ -84,7 +84,8 @@ def write_synthetic_table(directory: str | Path, space: Mapping[str, Sequence[in
     write_table(rows, directory)
     train_cfg = TrainConfig.from_dict(dict(train or {}))
     write_manifest(
-        directory, space=space, model=ModelConfig().to_dict(), data=DataConfig.from_dict(dict(data or {})).to_dict(),
+        directory, space=space, model=ModelConfig().to_dict(),
+        data=DataConfig.from_dict({"tokenizer": DEFAULT_TOKENIZER, **dict(data or {})}).to_dict(),  # as RunConfig fills it
         train=train_cfg.to_dict(), finetune=train_cfg.replace(epochs=1).to_dict(),
         compression=copy.deepcopy(dict(compression or DEFAULT_COMPRESSION)), seeds=list(seeds), total_seconds=0.0,
         command="synthetic", versions={}, machine={"cpu": "synthetic", "flags": [], "num_threads": 2, "precision": "fp32"},

@@ -13,6 +13,10 @@ torch formulation in :mod:`passes.transforms.ops` runs instead; a failed build i
 (One difference: NaN inputs, which only a diverged model produces. The operator ranks NaN codes
 last, as ``torch.sort`` in the reference does; the torch formulation's integer levels leave them
 unspecified.)
+
+Formats: the operator implements the ``integer`` fixed-point format only (:data:`FORMATS`,
+:func:`serves`); inputs in any other registered number format take the torch formulation (their
+format's own ``quantize``, then the torch mask), whatever :func:`available` says.
 """
 
 from __future__ import annotations
@@ -32,7 +36,16 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["available", "supports", "quantize_prune_rows", "disabled", "MAX_LEVELS"]
+__all__ = ["available", "supports", "serves", "quantize_prune_rows", "disabled", "MAX_LEVELS", "FORMATS"]
+
+#: The number formats the operator implements.
+FORMATS = ("integer",)
+
+
+def serves(fmt) -> bool:
+    """Whether the operator implements this format (a :class:`~passes.formats.NumberFormat` or an
+    integer ``QSpec``): only ``integer``."""
+    return getattr(fmt, "name", "integer" if isinstance(fmt, tuple) else None) in FORMATS
 
 #: Largest number of magnitude levels ``2^(w-1) + 1`` handled (grids up to 16 bits).
 MAX_LEVELS = (1 << 15) + 1

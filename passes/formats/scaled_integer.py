@@ -1,0 +1,165 @@
+"""``scaled_integer``: symmetric signed integers with a scale per tensor or per output channel.
+
+For width ``w`` (2-16) the codes are ``k`` in ``[-qmax, qmax]``, ``qmax = 2**(w-1) - 1`` (the code
+``-2**(w-1)`` is unused, so the grid is symmetric), and::
+
+    q(x) = clamp(round(x / s), -qmax, qmax) * s          s = amax / qmax
+
+``round`` is round half to even (``torch.round``). ``amax``:
+
+* **weights and biases** (``scale`` not given): ``max |w|`` of the tensor (``per_tensor``) or of
+  each output channel (``per_channel``: every index of ``channel_dim``, dimension 0 of linear and
+  embedding weights), taken from the tensor's current values at run time, so the format follows
+  the weights through quantisation-aware training and needs no calibration. These are computed in
+  float64 and rounded once to the tensor's dtype, so the largest magnitude maps exactly to itself
+  and the format is idempotent. Nothing saturates (the clipped STE equals the plain one).
+* **activations**: a fixed ``scale``, chosen by :meth:`ScaledIntegerConfig.resolve` from the
+  calibrated absolute maximum (``calibrate`` pass) as ``amax / qmax`` rounded to float32 and recorded
+  in the config; values beyond ``qmax * scale`` saturate (the clipped STE passes no gradient there).
+  Activations are per tensor.
+
+Zero tensors/channels (``amax = 0``) quantise to zeros (``s = 1`` is used for them, any ``s`` gives
+0); a calibrated ``amax`` of 0 gives ``scale = 2**-126`` (the smallest normal float32), so every value
+but 0 saturates at ``+-qmax * scale``. NaN stays NaN, +-inf saturate (a fixed scale) or, as an
+``amax``, make the tensor's scale infinite (non-finite weights are a diverged model).
+
+Storage: ``width`` bits per value plus one float32 scale per tensor, or per channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Optional
+
+import torch
+from torch import Tensor
+
+from mase_lite.config import check_range
+from mase_lite.errors import ConfigError
+
+from .base import FormatConfig, NumberFormat, register_format
+
+__all__ = ["ScaledIntegerConfig", "ScaledIntegerFormat", "MIN_WIDTH", "MAX_WIDTH", "SCALE_BITS"]
+
+MIN_WIDTH, MAX_WIDTH = 2, 16
+#: Bits of one stored scale (float32).
+SCALE_BITS = 32
+_TINY = float(torch.finfo(torch.float32).tiny)
+
+
+def _f32(v: float) -> float:
+    return float(torch.tensor(v, dtype=torch.float32))
+
+
+@dataclasses.dataclass
+class ScaledIntegerConfig(FormatConfig):
+    """``width`` bits (2-16), ``granularity`` of the weight scale, and a fixed ``scale`` (activations:
+    set from calibration; leave it unset for weights, whose scale comes from the tensor)."""
+
+    name = "scaled_integer"
+    width: int
+    granularity: Literal["per_tensor", "per_channel"] = "per_tensor"
+    scale: Optional[float] = None
+
+    def validate(self, path: str = "") -> None:
+        p = _field_prefix(path)
+        if isinstance(self.width, bool) or not isinstance(self.width, int):
+            raise ConfigError(f"{p}width must be an integer, got {self.width!r}")
+        check_range(f"{p}width", self.width, MIN_WIDTH, MAX_WIDTH)
+        if self.scale is not None:
+            if not (self.scale > 0.0 and self.scale < float("inf")):
+                raise ConfigError(f"{p}scale = {self.scale!r} is out of range; it must be a positive finite number")
+            if self.granularity != "per_tensor":
+                raise ConfigError(f"{p}scale is a per-tensor scale; with it, {p}granularity must be 'per_tensor', "
+                                  f"not {self.granularity!r}")
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.width - 1)) - 1
+
+    def resolve(self, *, tensor: Optional[Tensor] = None, absmax: Optional[float] = None,
+                path: str = "") -> "ScaledIntegerConfig":
+        if tensor is not None or self.scale is not None:
+            return self  # weights: the scale is the tensor's own; or already fixed
+        p = _field_prefix(path)
+        if self.granularity != "per_tensor":
+            raise ConfigError(f"{p}granularity = {self.granularity!r} is not valid for an activation; "
+                              "choose one of: 'per_tensor' (per-channel scales are for weights)")
+        if absmax is None:
+            raise ConfigError(f"{p}scale is not given and this activation is not calibrated: run the 'calibrate' "
+                              "pass first (run_pass(graph, 'calibrate', ..., context=PassContext(batches=...))), "
+                              "or give a scale")
+        absmax = float(absmax)
+        if not absmax < float("inf"):
+            raise ConfigError(f"{p}scale: the calibrated range is not finite ({absmax!r})")
+        scale = _f32(absmax / self.qmax) if absmax > 0 else _TINY
+        return dataclasses.replace(self, scale=max(scale, _TINY))
+
+
+def _field_prefix(path: str) -> str:
+    return f"{path}." if path else ""
+
+
+@register_format(ScaledIntegerConfig)
+class ScaledIntegerFormat(NumberFormat):
+    """Symmetric int with a per-tensor/per-channel scale ``amax / qmax`` (see the module docstring)."""
+
+    elementwise = False
+
+    def __init__(self, config: ScaledIntegerConfig) -> None:
+        super().__init__(config)
+        self.width = config.width
+        self.qmax = config.qmax
+        self.fixed_scale = config.scale
+        self.per_channel = config.granularity == "per_channel"
+
+    # scale of a tensor (float64, shaped to broadcast against x)
+    def _dynamic_scale(self, x: Tensor, channel_dim: Optional[int]) -> Tensor:
+        a = x.detach().abs().to(torch.float64)
+        if self.per_channel and channel_dim is not None and x.dim() > 0:
+            dims = [d for d in range(x.dim()) if d != channel_dim % x.dim()]
+            amax = a.amax(dim=dims, keepdim=True) if dims else a
+        else:
+            amax = a.max() if a.numel() else a.new_zeros(())
+        s = amax / self.qmax
+        return torch.where(s > 0, s, torch.ones_like(s))
+
+    def quantize(self, x: Tensor, *, channel_dim: Optional[int] = None) -> Tensor:
+        if self.fixed_scale is not None:
+            s = self.fixed_scale
+            v = torch.div(x, s)
+            v.round_().clamp_(-self.qmax, self.qmax)
+            return v.mul_(s)
+        s = self._dynamic_scale(x, channel_dim)
+        v = x.to(torch.float64) / s
+        v.round_().clamp_(-self.qmax, self.qmax)
+        return v.mul_(s).to(x.dtype)
+
+    def saturated(self, x: Tensor, *, channel_dim: Optional[int] = None) -> Tensor:
+        if self.fixed_scale is None:
+            return torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+        return (x / self.fixed_scale).abs() > self.qmax
+
+    def reference(self, x: Tensor, *, channel_dim: Optional[int] = None) -> Tensor:
+        """Channel by channel, with the formula written out (slow)."""
+        if self.fixed_scale is not None:
+            s = torch.tensor(self.fixed_scale, dtype=x.dtype)
+            return torch.clamp(torch.round(x / s), -self.qmax, self.qmax) * s
+        if self.per_channel and channel_dim is not None and x.dim() > 0:
+            parts = [self._reference_slice(x.select(channel_dim, i)) for i in range(x.shape[channel_dim])]
+            return torch.stack(parts, dim=channel_dim)
+        return self._reference_slice(x)
+
+    def _reference_slice(self, t: Tensor) -> Tensor:
+        t64 = t.double()
+        amax = float(t64.abs().max()) if t64.numel() else 0.0
+        s = amax / self.qmax if amax > 0 else 1.0
+        return (torch.clamp(torch.round(t64 / s), -self.qmax, self.qmax) * s).to(t.dtype)
+
+    def bits_per_value(self) -> int:
+        return self.width
+
+    def overhead_bits(self, shape: tuple[int, ...], *, channel_dim: Optional[int] = None) -> int:
+        if self.per_channel and channel_dim is not None and len(shape) > 0 and self.fixed_scale is None:
+            return SCALE_BITS * int(shape[channel_dim])
+        return SCALE_BITS
