@@ -17,7 +17,7 @@ Per node that reads parameters, and in total (every stored tensor counted once):
   ``rounding_zero_fraction`` (rounding zeros / params), ``rounding_zero_fraction_of_kept``
   (rounding zeros / (params - pruned)) and ``effective_sparsity`` (1 - nonzero / params: every zero
   of the effective weights);
-* sizes in bytes (each tensor rounded up to whole bytes):
+* sizes in bytes (each tensor's values, and its side data, rounded up to whole bytes):
   (a) ``size_bytes_fp32``: dense float32;
   (b) ``size_bytes_quantized``: dense at the stored precision;
   (c) ``size_bytes_compressed``: quantised + sparse -- for a tensor with a pruning mask, the smallest
@@ -132,7 +132,9 @@ def _tensor_cost(name: str, t: torch.Tensor, spec: Any, mask: torch.Tensor | Non
         kept = kept & mask
     nonzero = int((eff != 0).sum())
     rounding_zeros = int((kept & (eff == 0)).sum())
-    dense_q = math.ceil((numel * bits + overhead) / 8)
+    # the values and the per-tensor/channel/block side data (scales, shared exponents) are two arrays,
+    # each rounded up to whole bytes, as the compact export stores them
+    dense_q = math.ceil(numel * bits / 8) + math.ceil(overhead / 8)
     # a masked tensor in the smallest encoding that keeps its mask (rounding zeros are not pruned),
     # as the compact export writes it (passes.export.encoding)
     compressed = (masked_nbytes(numel, numel - pruned, nonzero, bits) + math.ceil(overhead / 8)

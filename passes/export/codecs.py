@@ -13,14 +13,31 @@ per code: ``format.bits_per_value()``) and ``to_dict()`` (the format's dict, in 
   amax / qmax`` with ``amax`` the tensor's (or each output channel's) largest magnitude, stored as
   one float32 per tensor/channel (``amax`` array; float32-exact, so ``s`` is recomputed exactly, and
   the size is the format's ``overhead_bits``); a fixed ``scale`` is in the manifest.
+* ``minifloat``: the code of a quantised value is its bit pattern ``sign | exponent | mantissa``
+  (``1 + e + m`` bits, stored as that many two's-complement bits, so the sign bit is the code's
+  sign: ``+0.0`` is code 0, ``-0.0`` is ``-2^(e+m)``). Subnormals have exponent field 0; the top
+  exponent field follows ``special`` (``"ieee"``: ``M = 0`` is inf, NaN is ``M = 2^(m-1)``; ``"fn"``:
+  all-ones ``M`` is NaN; ``"none"``: normal numbers). Decoding gives ``format.quantize(x)`` bit for
+  bit (a NaN comes back as the format's NaN code with its sign); no arrays. A NaN in a format without
+  a NaN code (``"none"``, or ``"ieee"`` with ``m = 0``) cannot be stored (MaseError).
+* ``block_fp``: per value ``sign | k`` (``1 + mantissa_width`` bits, sign-magnitude laid out as
+  two's-complement bits: ``+0`` is code 0); per block of ``block_size`` along the last dimension the
+  shared exponent ``s`` as the unsigned ``exponent_width``-bit code ``s + bias``, bit-packed into one
+  uint8 array ``exponents`` of ``ceil(n_blocks * exponent_width / 8)`` bytes (the format's
+  ``overhead_bits`` rounded up, as the ``cost`` pass counts it for a masked tensor; for an unmasked
+  one ``cost`` rounds codes and exponents up together, so when neither fills whole bytes it predicts
+  one byte less than the two arrays take). NaN cannot be stored (MaseError).
 
-Other formats (minifloat, block_fp) have no integer-code codec yet: such tensors are stored as
-their quantised values in their own dtype (the report marks them ``unpacked``).
+A value is a *zero* (for the masked encodings' non-zero bits, :meth:`Codec.is_zero`) when it
+equals 0: ``+0.0`` and ``-0.0`` alike, as the ``cost`` pass counts non-zeros. Pruned positions are
+stored as code 0 (``+0.0``); a kept ``-0.0`` keeps its sign except in the ``mask_nonzero``
+encoding, which stores no codes for zeros (it comes back as ``+0.0``, an equal value).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Mapping, Optional
 
 import torch
@@ -31,10 +48,13 @@ from mase_lite.graph import MaseGraph
 
 from ..formats import NumberFormat, format_from_dict, format_from_spec
 from ..formats.integer import IntegerFormat, QSpec, quantize_codes_
+from ..formats.block_fp import BlockFPFormat
+from ..formats.minifloat import MinifloatFormat
 from ..formats.scaled_integer import ScaledIntegerFormat
+from . import packing
 from ..transforms.compressed_nodes import get_tensor, is_embedding, is_linear, linear_mask_node
 
-__all__ = ["Codec", "IntegerCodec", "ScaledIntegerCodec", "codec_for", "codec_from_dict", "TensorRole",
+__all__ = ["Codec", "IntegerCodec", "ScaledIntegerCodec", "MinifloatCodec", "BlockFPCodec", "codec_for", "codec_from_dict", "TensorRole",
            "tensor_roles"]
 
 log = logging.getLogger(__name__)
@@ -44,6 +64,8 @@ class Codec:
     """Integer codes of one tensor in one number format (see the module docstring)."""
 
     name = ""
+    #: names of the arrays ``params`` returns (stored beside the codes, handed back to ``from_codes``)
+    param_names: tuple[str, ...] = ()
 
     def __init__(self, fmt: NumberFormat, channel_dim: Optional[int]):
         self.format, self.channel_dim = fmt, channel_dim
@@ -60,6 +82,10 @@ class Codec:
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def is_zero(self, codes: torch.Tensor) -> torch.Tensor:
+        """Where the codes decode to a zero value (``+0.0`` or ``-0.0``)."""
+        return codes == 0
 
     def from_codes(self, codes: torch.Tensor, params: Mapping[str, torch.Tensor], dtype: torch.dtype,
                    shape: tuple[int, ...]) -> torch.Tensor:
@@ -97,6 +123,7 @@ class ScaledIntegerCodec(Codec):
     """Symmetric integers times a scale; weights keep ``amax`` per tensor/channel (float32)."""
 
     name = "scaled_integer"
+    param_names = ("amax",)
 
     def __init__(self, fmt: ScaledIntegerFormat, channel_dim: Optional[int] = None):
         super().__init__(fmt, channel_dim)
@@ -136,7 +163,132 @@ class ScaledIntegerCodec(Codec):
         return (codes.to(torch.float64) * self._scale64(params, shape)).to(dtype)
 
 
-_CODECS = {IntegerFormat: IntegerCodec, ScaledIntegerFormat: ScaledIntegerCodec}
+def _to_signed(u: torch.Tensor, width: int) -> torch.Tensor:
+    """Unsigned ``width``-bit fields as the signed codes :func:`~.packing.pack_codes` stores (same bits)."""
+    if width == 1:
+        return u  # 1-bit fields are packed unsigned
+    return torch.where(u >= (1 << (width - 1)), u - (1 << width), u)
+
+
+def _check_no_nan(q: torch.Tensor, what: str) -> None:
+    if bool(torch.isnan(q).any()):
+        raise MaseError(f"{what} has no code for NaN; a tensor holding NaN cannot be stored as codes")
+
+
+class MinifloatCodec(Codec):
+    """Minifloat values as their bit patterns ``sign | exponent | mantissa`` (``1 + e + m`` bits)."""
+
+    name = "minifloat"
+
+    def __init__(self, fmt: MinifloatFormat, channel_dim: Optional[int] = None):
+        super().__init__(fmt, channel_dim)
+        f = fmt
+        self.e, self.m, self.bias, self.special = f.e, f.m, f.bias, f.special
+        self.width = 1 + f.e + f.m
+        self.top = (1 << f.e) - 1
+        if f.special == "fn":
+            self.nan_mantissa: Optional[int] = (1 << f.m) - 1
+        elif f.special == "ieee" and f.m >= 1:
+            self.nan_mantissa = 1 << (f.m - 1)
+        else:
+            self.nan_mantissa = None
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.quantize(x).detach().to(torch.float64)
+        nan = torch.isnan(q)
+        if self.nan_mantissa is None and bool(nan.any()):
+            _check_no_nan(q, f"minifloat {self.to_dict()}")
+        sign = torch.signbit(q).to(torch.int64)
+        a = q.abs()
+        inf = torch.isinf(a)
+        finite = torch.where(nan | inf, torch.zeros_like(a), a)
+        _, ex = torch.frexp(finite)  # finite = f 2^ex, f in [0.5, 1): floor(log2) = ex - 1
+        exp = (ex.to(torch.int64) - 1).clamp_(min=self.f_emin)
+        normal = finite >= math.ldexp(1.0, self.f_emin)
+        field = torch.where(normal, exp + self.bias, torch.zeros_like(exp))
+        sig = torch.ldexp(finite, (self.m - exp).to(torch.float64)).to(torch.int64)  # exact integer significand
+        mant = torch.where(normal, sig - (1 << self.m), sig)
+        if self.special == "ieee":
+            field = torch.where(inf, torch.full_like(field, self.top), field)
+            mant = torch.where(inf, torch.zeros_like(mant), mant)
+        if self.nan_mantissa is not None:
+            field = torch.where(nan, torch.full_like(field, self.top), field)
+            mant = torch.where(nan, torch.full_like(mant, self.nan_mantissa), mant)
+        u = (sign << (self.e + self.m)) | (field << self.m) | mant
+        return _to_signed(u, self.width)
+
+    @property
+    def f_emin(self) -> int:
+        return 1 - self.bias
+
+    def is_zero(self, codes):
+        return (codes & ((1 << (self.e + self.m)) - 1)) == 0
+
+    def from_codes(self, codes, params, dtype, shape):
+        u = codes.to(torch.int64) & ((1 << self.width) - 1)
+        sign = (u >> (self.e + self.m)) & 1
+        field = (u >> self.m) & self.top
+        mant = u & ((1 << self.m) - 1)
+        sub = field == 0
+        sig = torch.where(sub, mant, mant + (1 << self.m)).to(torch.float64)
+        exp = torch.where(sub, torch.full_like(field, self.f_emin), field - self.bias) - self.m
+        v = torch.ldexp(sig, exp.to(torch.float64))
+        top = field == self.top
+        if self.special == "ieee":
+            v = torch.where(top & (mant == 0), torch.full_like(v, math.inf), v)
+            v = torch.where(top & (mant != 0), torch.full_like(v, math.nan), v)
+        elif self.special == "fn":
+            v = torch.where(top & (mant == self.nan_mantissa), torch.full_like(v, math.nan), v)
+        v = torch.copysign(v, torch.where(sign == 1, -1.0, 1.0).to(torch.float64))
+        return v.to(dtype).reshape(shape)
+
+
+class BlockFPCodec(Codec):
+    """Block floating point: ``sign | k`` per value, the shared exponents bit-packed (``exponents``)."""
+
+    name = "block_fp"
+    param_names = ("exponents",)
+
+    def __init__(self, fmt: BlockFPFormat, channel_dim: Optional[int] = None):
+        super().__init__(fmt, channel_dim)
+        self.m, self.block_size = fmt.m, fmt.block_size
+        self.ew, self.bias = fmt.config.exponent_width, fmt.config.bias
+        self.width = 1 + self.m
+
+    def _exponents(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.format
+        return f._block_exponents(f._blocks(x.detach().to(torch.float64))).to(torch.int64)  # [..., nb, 1]
+
+    def params(self, x):
+        u = self._exponents(x).reshape(-1) + self.bias
+        return {"exponents": packing.pack_codes(_to_signed(u, self.ew), self.ew)}
+
+    def codes(self, x):
+        q = self.quantize(x).detach().to(torch.float64)
+        _check_no_nan(q, f"block_fp {self.to_dict()}")
+        s = self._exponents(x)
+        qb = self.format._blocks(q)
+        k = torch.ldexp(qb.abs(), (self.m - s).to(torch.float64)).to(torch.int64)  # exact, <= 2^m - 1
+        u = (torch.signbit(qb).to(torch.int64) << self.m) | k
+        return _to_signed(u.reshape(-1), self.width).reshape(x.shape)
+
+    def is_zero(self, codes):
+        return (codes & ((1 << self.m) - 1)) == 0
+
+    def from_codes(self, codes, params, dtype, shape):
+        numel = math.prod(shape) if len(shape) else 1
+        nb = numel // self.block_size
+        e = packing.unpack_codes(params["exponents"], self.ew, nb) & ((1 << self.ew) - 1)
+        s = (e - self.bias).reshape(-1, 1)
+        u = (codes.to(torch.int64) & ((1 << self.width) - 1)).reshape(nb, self.block_size)
+        k = (u & ((1 << self.m) - 1)).to(torch.float64)
+        v = torch.ldexp(k, (s - self.m).to(torch.float64).expand_as(k))
+        v = torch.copysign(v, torch.where((u >> self.m) == 1, -1.0, 1.0).to(torch.float64))
+        return v.to(dtype).reshape(shape)
+
+
+_CODECS = {IntegerFormat: IntegerCodec, ScaledIntegerFormat: ScaledIntegerCodec, MinifloatFormat: MinifloatCodec,
+           BlockFPFormat: BlockFPCodec}
 
 
 def codec_for(spec: Any, channel_dim: Optional[int]) -> "Codec | NumberFormat | None":
@@ -159,7 +311,7 @@ def codec_from_dict(d: Mapping[str, Any], path: str = "format") -> Codec:
     cls = _CODECS.get(type(fmt))
     if cls is None:
         raise MaseError(f"{path}.name = {d.get('name')!r} has no integer-code decoder; decodable: "
-                        "'integer', 'scaled_integer'")
+                        "'integer', 'scaled_integer', 'minifloat', 'block_fp'")
     return cls(fmt, channel_dim)
 
 

@@ -167,14 +167,14 @@ def _encode_tensor(name: str, t: torch.Tensor, codec: "Codec | NumberFormat | No
     if mask is None:
         encoding = "codes" if codec is not None else "raw"
         parts = {"codes" if codec is not None else "values": values(flat)}
-        entry["nonzero"] = int((flat != 0).sum())
+        entry["nonzero"] = int((~codec.is_zero(flat)).sum()) if codec is not None else int((flat != 0).sum())
         entry["kept"] = numel
     else:
         keep = mask.detach().cpu().reshape(-1).to(torch.bool)
         if keep.numel() != numel:
             raise MaseError(f"{name}: mask has {keep.numel()} elements, tensor {numel}")
         kept = int(keep.sum())
-        nz = (flat != 0) & keep
+        nz = (~codec.is_zero(flat) if codec is not None else flat != 0) & keep  # zero values, as cost counts them
         nonzero = int(nz.sum())
         encoding, _ = choose_masked_encoding(numel, kept, nonzero, bits)
         masked = torch.where(keep, flat, torch.zeros_like(flat))
@@ -365,7 +365,7 @@ def _decode_tensor(name: str, e: Mapping[str, Any], arrays: Mapping[str, torch.T
     shape, numel = tuple(e["shape"]), int(e["numel"])
     codec = codec_from_dict(e["format"], f"tensors.{name}.format") if e["format"] is not None else None
     a = {part: arrays[spec["key"]] for part, spec in e["arrays"].items()}
-    params = {p: a[p] for p in a if p in ("amax",)}
+    params = {p: a[p] for p in a if codec is not None and p in codec.param_names}
 
     def vals(arr: torch.Tensor, n: int) -> torch.Tensor:
         if codec is not None:
