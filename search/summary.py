@@ -154,7 +154,8 @@ def format_summary(summary: list[dict[str, Any]]) -> str:
     head = ["study", "done/fail/pruned" + ("/early-stopped" if early else ""), "best", "acc", "acc_trained",
             "acc_compr", "acc_ft", "arch", "params", "fp32 MB", "compr MB", "s"]
     # compressed trials: the zeros from pruning and from rounding, and per-node formats when searched
-    sparse = any(b.get("sparsity") for s in summary for b in s["best"])
+    # only when some best trial has zeros to show (an uncompressed model has none: no all-0.0 columns)
+    sparse = any(any((b.get("sparsity") or {}).values()) for s in summary for b in s["best"])
     mixed = any(b.get("compression_choices") for s in summary for b in s["best"])
     extra = (["pruned", "round0", "zeros"] if sparse else []) + (["formats"] if mixed else [])
     head += extra

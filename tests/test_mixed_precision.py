@@ -343,8 +343,10 @@ def test_summary_shows_pruning_and_rounding_zeros():
     assert head.split()[-4:] == ["pruned", "round0", "zeros", "formats"]
     assert row.split()[-6:] == ["50.0%", "70.0%", "85.0%", "int8/f4:1", "|", "s0.5:1"]
     assert "rounds to zero" in text
-    summary[0]["best"][0]["sparsity"] = {}
     summary[0]["best"][0]["compression_choices"] = None
+    summary[0]["best"][0]["sparsity"] = {k: 0.0 for k in summary[0]["best"][0]["sparsity"]}
+    assert "round0" not in format_summary(summary)  # an uncompressed model (all zeros 0.0): the old table
+    summary[0]["best"][0]["sparsity"] = {}
     assert "round0" not in format_summary(summary)  # uncompressed studies keep the old table
 
 
