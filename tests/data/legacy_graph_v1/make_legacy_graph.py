@@ -1,6 +1,7 @@
-"""How tests/data/legacy_graph_v1 was made: run with the code before issue 11 (commit 6a98251), from the
-repository root: ``.venv/bin/python tests/data/legacy_graph_v1/make_legacy_graph.py tests/data/legacy_graph_v1``.
-Not to be re-run: the point of the fixture is that older code wrote it."""
+"""How tests/data/legacy_graph_v1/graph.json was made: run with the code before issue 11 (commit 6a98251),
+from the repository root: ``.venv/bin/python tests/data/legacy_graph_v1/make_legacy_graph.py OUT``. Only
+its ``graph.json`` (the record older code wrote) is kept; the test makes the program and weights it
+describes by the same steps with today's code (checked once to equal the old files bit for bit)."""
 import sys
 from pathlib import Path
 import torch
