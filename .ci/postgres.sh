@@ -45,7 +45,8 @@ start() {
     -o "-h 127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=200" start >&2 \
     || { cat "$dir/server.log" >&2; exit 1; }
   echo "$bin" >"$dir/bin"
-  as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres optuna >&2
+  as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres optuna >&2 \
+    || { as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >&2 || true; rm -rf "$dir"; exit 1; }
   echo "postgres.sh: server on 127.0.0.1:$port (folder $dir)" >&2
   echo "export MASE_LITE_TEST_POSTGRES=postgresql+psycopg://postgres@127.0.0.1:$port/optuna"
   echo "export MASE_LITE_PG_DIR=$dir"

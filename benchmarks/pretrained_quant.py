@@ -189,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qat-val-rows", type=int, default=None,
                     help="evaluate QAT entries on the first N validation rows only (paired with fp32 on them)")
     ap.add_argument("--calib-rows", type=int, default=256, help="training rows for calibration (default 256)")
+    ap.add_argument("--mixed-search", type=int, default=0, metavar="N",
+                    help="N trials of a per-layer mixed-precision search (TPE under a size budget); its best "
+                         "feasible trial becomes the entry 'mixed_searched' (default 0: no search)")
+    ap.add_argument("--mixed-widths", type=int, nargs="+", default=[4, 6, 8],
+                    help="weight widths the search chooses from per linear layer (default 4 6 8)")
+    ap.add_argument("--search-rows", type=int, default=500,
+                    help="IMDb test-split rows the search selects on, disjoint from the table's rows (default 500)")
     ap.add_argument("--entries", help="comma-separated subset of entries (default: all)")
     ap.add_argument("--no-prune", action="store_true", help="skip the pruned variants")
     ap.add_argument("--cached-only", action="store_true",
@@ -245,7 +252,14 @@ def main(argv: list[str] | None = None) -> int:
 
     configs = entry_configs()
     configs.update(mixed_precision_configs(graph))
+    search_record = None
+    if args.mixed_search:
+        search_record = mixed_precision_search(lc, graph, data_cfg, calib, splits.pad_id, args, cache / f"results-{key}")
+        if search_record.get("best_config"):
+            configs["mixed_searched"] = search_record["best_config"]
     wanted = [e.strip() for e in args.entries.split(",")] if args.entries else list(configs)
+    if args.mixed_search and "mixed_searched" not in configs:  # the search found no feasible trial (logged)
+        wanted = [e for e in wanted if e != "mixed_searched"]
     unknown = [e for e in wanted if e not in configs]
     if unknown:
         raise MaseError(f"--entries: unknown {unknown}; valid: {list(configs)}")
@@ -268,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                 "lr_rule": f"clip(2 * median weight grid step / steps, 5e-5, {args.qat_lr_max:g})"}
         if args.qat else None,
         "prune": PRUNE50, "calib_rows": args.calib_rows, "seconds": time.perf_counter() - t0,
+        "mixed_search": {k: v for k, v in search_record.items() if k != "best_config"} if search_record else None,
         "command": "python benchmarks/pretrained_quant.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     for name, pruned, qat in jobs:
@@ -358,6 +373,86 @@ def mixed_precision_pick(graph: MaseGraph) -> dict[str, Any]:
         out[path] = {"config": {"name": "scaled_integer", "data_in_width": 8, "weight_width": 4 if ffn else 8,
                                 "weight_granularity": "per_channel", "bias_width": 8}}
     return out
+
+
+def mixed_precision_search(lc: Lifecycle, graph: MaseGraph, data_cfg: DataConfig, calib, pad_id: int, args,
+                           cache_dir: Path) -> dict[str, Any]:
+    """A per-layer mixed-precision search on the fine-tuned ``graph``: ``--mixed-search`` TPE trials
+    (seed ``--seed``) over the weight width of every linear layer (``scaled_integer`` per output channel,
+    widths ``--mixed-widths``; 8-bit activations and biases everywhere, as the other entries), through
+    the search's own per-node space (:class:`search.space.CompressionSpace`). Objective: accuracy on
+    ``--search-rows`` rows of IMDb's *test* split (disjoint from the table's validation rows, so the
+    table's figure of the winner is not a selected maximum); constraint: compressed size (``cost``) at
+    most that of every linear weight at the median of ``--mixed-widths`` (6 bits by default: the
+    budget a uniform choice would spend; Optuna's ``trial.set_constraint``). The best feasible trial's
+    quantize config is the ``mixed_searched`` entry. Cached by its settings."""
+    import optuna
+
+    from search.space import CompressionSpace, CompressionSpaceConfig
+
+    space = CompressionSpace(CompressionSpaceConfig(formats=["scaled_integer"], widths=list(args.mixed_widths),
+                                                    sparsities=[0.0], roles=["weight"]))
+    mid = sorted(args.mixed_widths)[len(args.mixed_widths) // 2]
+    spec = {"n": args.mixed_search, "widths": list(args.mixed_widths), "rows": args.search_rows, "seed": args.seed,
+            "budget": f"uniform {mid}-bit weights", "calib_rows": args.calib_rows, "v": 2}
+    f = cache_dir / f"mixed_search-{_digest(spec)}.json"
+    if f.exists():
+        log.info("mixed-precision search: cached (%s)", f.name)
+        return json.loads(f.read_text())
+    kept = lc.__dict__.get("_splits")
+    search_ds = lc.load_data(DataConfig.from_dict({**data_cfg.to_dict(), "n_test": args.search_rows}),
+                             graph, ("test",)).test
+    lc.__dict__["_splits"] = kept
+
+    def quantize_config(choices: dict[str, Any]) -> dict[str, Any]:
+        q = space.pipeline(choices)["passes"]["quantize"]
+        for path, entry in q.items():
+            if path != "by":
+                entry["config"].update(data_in_width=8, bias_width=8)
+        return q
+
+    trials: list[dict[str, Any]] = []
+    uniform = {p: {"format": "scaled_integer", "width": mid, "frac_width": None, "sparsity": 0.0}
+               for p in space.candidates(graph)}
+
+    from passes import run_pipeline
+
+    calibrated = compress(lc, graph.copy(), {"passes": {}}, calib, pad_id)  # ranges once, shared by the trials
+    g_mid, _ = run_pipeline(calibrated.copy(), {"passes": {"quantize": quantize_config(uniform)}})
+    budget_bytes = float(lc.cost(g_mid)["size_bytes_compressed"])
+    spec["budget"] = budget_bytes
+    del g_mid
+
+    def objective(trial: optuna.Trial) -> float:
+        t = time.perf_counter()
+        choices = space.suggest(trial, graph)
+        q = quantize_config(choices)
+        g, _ = run_pipeline(calibrated.copy(), {"passes": {"quantize": q}})
+        size = float(lc.cost(g)["size_bytes_compressed"])
+        trial.set_constraint("size_budget_bytes", size - budget_bytes)
+        acc = float(predict(g, search_ds, pad_id).mean())
+        widths = [ch["width"] for ch in choices.values()]
+        trials.append({"trial": trial.number, "accuracy": acc, "size_bytes": size, "feasible": size <= budget_bytes,
+                       "mean_weight_width": float(np.mean(widths)), "seconds": time.perf_counter() - t})
+        log.info("mixed search trial %d: accuracy %.4f, %.2f MB%s (%.0f s)", trial.number, acc, size / 1e6,
+                 "" if size <= budget_bytes else " over budget", time.perf_counter() - t)
+        return acc
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
+    study.optimize(objective, n_trials=args.mixed_search)
+    feasible = [r for r in trials if r["feasible"]]
+    if not feasible:
+        log.warning("mixed-precision search: none of %d trials met the size budget; no mixed_searched entry",
+                    args.mixed_search)
+        return {"settings": spec, "trials": trials, "best": None}
+    best = max(feasible, key=lambda r: (r["accuracy"], -r["size_bytes"]))
+    best_choices = space.suggest(optuna.trial.FixedTrial(study.trials[best["trial"]].params), graph)
+    record = {"settings": spec, "trials": trials, "best": best,
+              "best_widths": {p: ch["width"] for p, ch in best_choices.items()},
+              "best_config": quantize_config(best_choices)}
+    f.write_text(json.dumps(record))
+    return record
 
 
 def run_entry(lc: Lifecycle, graph: MaseGraph, q: dict[str, Any] | None, pruned: bool, qat: bool,

@@ -1,7 +1,7 @@
 """Early stopping: one TPE study with and without a pruner, same seeds, real training on IMDb.
 
 Each arm is one ``mase-lite search`` study (:func:`search.study.run_search`) of ``--n-trials`` trials
-of the TPE sampler (seed 0) over a small space of 1-2-layer BERTs trained from scratch for one epoch
+of the TPE sampler (seed 0) over a space of 1-4-layer BERTs (54 architectures) trained from scratch for one epoch
 on ``--n-train`` IMDb reviews and selected on ``--n-val`` validation reviews. The pruned arm sets
 ``search.pruner`` (default ``successive_halving``), reporting the accuracy on a fixed seeded subset of
 ``--pruner-val-rows`` validation rows every ``--eval-every`` optimizer steps; early-stopped trials
@@ -14,7 +14,7 @@ each arm is retrained with ``--noise-seeds`` other model seeds (same data and re
 spread of those accuracies is reported beside the two bests. Files: ``results.json`` and
 ``trials.csv`` (one row per trial and arm). Run folders go to a temporary directory.
 
-    MASE_LITE_DATA=/work/shared/data python benchmarks/pruner_speedup.py            # ~10-25 min on 2 cores
+    MASE_LITE_DATA=/work/shared/data python benchmarks/pruner_speedup.py            # ~30-40 min on 2 cores
     MASE_LITE_DATA=/work/shared/data python benchmarks/pruner_speedup.py --n-trials 6 --n-train 500 --out /tmp/ps
 """
 
@@ -33,11 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SPACE = {  # 16 combinations (the quickstart's space); a repeated one is reused, not retrained
-    "num_hidden_layers": [1, 2],
+SPACE = {  # 54 combinations, from 0.1M to 2.4M encoder weights; a repeated one is reused, not retrained
+    "num_hidden_layers": [1, 2, 4],
     "num_attention_heads": [2, 4],
-    "hidden_size": [64, 128],
-    "intermediate_size": [128, 256],
+    "hidden_size": [64, 128, 256],
+    "intermediate_size": [128, 512, 1024],
 }
 
 
@@ -82,12 +82,12 @@ def trial_rows(result, arm: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-trials", type=int, default=30)
-    p.add_argument("--n-train", type=int, default=3000)
-    p.add_argument("--n-val", type=int, default=500)
+    p.add_argument("--n-train", type=int, default=5000)
+    p.add_argument("--n-val", type=int, default=1000)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--pruner", default="successive_halving", choices=["median", "successive_halving", "hyperband"])
     p.add_argument("--eval-every", type=int, default=25)
-    p.add_argument("--pruner-val-rows", type=int, default=200)
+    p.add_argument("--pruner-val-rows", type=int, default=300)
     p.add_argument("--pruner-startup-trials", type=int, default=5)
     p.add_argument("--startup-trials", type=int, default=5, help="TPE's random start-up trials")
     p.add_argument("--seed", type=int, default=0)

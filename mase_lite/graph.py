@@ -71,6 +71,9 @@ def _model_info(model: nn.Module) -> dict[str, Any]:
         info["max_position_embeddings"] = getattr(config, "max_position_embeddings", None)
         if type(model).__name__.endswith("ForSequenceClassification"):
             info["task"] = "sequence_classification"
+    extra = getattr(model, "mase_model_info", None)  # e.g. the classification head (mase_lite.models.apply_pooling)
+    if isinstance(extra, dict):
+        info.update({k: v for k, v in extra.items() if _jsonable(v)})
     return info
 
 

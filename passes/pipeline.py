@@ -39,7 +39,8 @@ PipelineSpec = list[tuple[str, Any]]
 
 
 def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | None = None, *,
-             context: PassContext | None = None, version: int | None = None) -> tuple[MaseGraph, dict[str, Any]]:
+             context: PassContext | None = None, version: int | None = None,
+             _undo: list | None = None) -> tuple[MaseGraph, dict[str, Any]]:
     """Run pass ``name`` on ``graph`` and return ``(graph, info)``.
 
     ``context``: data for passes registered with ``takes_context=True`` (see
@@ -57,7 +58,9 @@ def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | N
       pass succeeds, so on any error ``graph`` is exactly as it was, and tensors the pass leaves
       alone stay the same objects, so an optimizer built before the pass keeps training the graph.
       A pass therefore never edits an existing tensor in place: it registers a new one, or calls
-      ``graph.write_tensor``, which the runner applies on success; the runner checks tensor
+      ``graph.write_tensor``, which the runner applies on success (``_undo``, for
+      :func:`run_pipeline`: a list that receives ``(tensor, old value)`` of each write applied, so a
+      later failure can restore them); the runner checks tensor
       version counters and reports a pass that edits in place as a PassError;
     * records transform passes (and recorded analysis passes) in ``graph.history`` with the pass's
       version and the config as the pass left it (data-dependent choices resolved), for replay by
@@ -71,6 +74,7 @@ def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | N
         raise ConfigError(f"context must be a passes.PassContext, got {type(context).__name__}")
     if isinstance(config, spec.config_cls):
         cfg = copy.deepcopy(config)
+        cfg.validate(name)  # an instance is checked like a dict: an invalid one would not replay on load
     elif config is None or isinstance(config, Mapping):
         cfg = spec.config_cls.from_dict(copy.deepcopy(dict(config or {})), path=name)
     else:
@@ -98,6 +102,8 @@ def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | N
                         f"graph.write_tensor() or register a new tensor (the graph shares its tensors with "
                         f"the pass's working copy, so an in-place edit could not be rolled back)")
     with torch.no_grad():
+        if _undo is not None:
+            _undo.extend((tensor, tensor.detach().clone()) for tensor, _ in staged)
         for tensor, value in staged:
             tensor.copy_(value)
     result.history.append(HistoryEntry(name, cfg.to_dict(), spec.version))
@@ -170,7 +176,9 @@ def parse_pipeline(data: Mapping[str, Any] | Iterable[Any]) -> PipelineSpec:
         raise ConfigError("'passes' must be a table of [passes.<name>] tables or an array of [[passes]] tables")
     for name, cfg in steps:
         spec = get_pass(name)
-        if not isinstance(cfg, spec.config_cls):
+        if isinstance(cfg, spec.config_cls):
+            copy.deepcopy(cfg).validate(name)
+        else:
             if cfg is not None and not isinstance(cfg, Mapping):
                 raise ConfigError(f"config of pass {name!r} must be a table, got {cfg!r}")
             spec.config_cls.from_dict(copy.deepcopy(dict(cfg or {})), path=name)
@@ -190,11 +198,18 @@ def run_pipeline(graph: MaseGraph, pipeline: Mapping[str, Any] | Iterable[Any] |
     steps = parse_pipeline(pipeline)
     work = graph.copy(share_tensors=True)
     infos: dict[str, Any] = {}
-    for name, cfg in steps:
-        _, info = run_pass(work, name, cfg, context=context)
-        key, k = name, 2
-        while key in infos:
-            key, k = f"{name}#{k}", k + 1
-        infos[key] = info
+    undo: list[tuple[torch.Tensor, torch.Tensor]] = []  # tensors written by passes that succeeded
+    try:
+        for name, cfg in steps:
+            _, info = run_pass(work, name, cfg, context=context, _undo=undo)
+            key, k = name, 2
+            while key in infos:
+                key, k = f"{name}#{k}", k + 1
+            infos[key] = info
+    except BaseException:
+        with torch.no_grad():  # the copy shares graph's tensors: put back what earlier passes wrote
+            for tensor, old in reversed(undo):
+                tensor.copy_(old)
+        raise
     graph.adopt(work)
     return graph, infos

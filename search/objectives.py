@@ -25,7 +25,13 @@ the first training phase by :class:`PrunerReporter`) is pruned too, but marked `
 loss) records ``fail_reason`` and re-raises, so Optuna marks it FAIL and the study goes on (the
 runner passes ``catch=(Exception,)``); Ctrl-C marks it ``interrupted``.
 
-Each step (build, identity, train and evaluate, compress, cost) is a method of the context's
+With a pretrained base (``[model] checkpoint``), the build step copies the checkpoint's traced graph
+(traced once per process, :meth:`search.lifecycle.Lifecycle.load_pretrained`) and shrinks it with the
+sampled ``[space.shrink]`` choices (user attribute ``shrink``: ``num_layers``, ``layers_kept``,
+``heads`` per kept layer, ``ffn``; ``arch`` gets ``layers_kept`` and ``heads_per_layer``, and the
+architecture check compares the per-layer head counts with the graph's).
+
+Each step (build, shrink, identity, train and evaluate, compress, cost) is a method of the context's
 :class:`search.lifecycle.Lifecycle`; tests pass one with a fake trainer.
 """
 
@@ -50,7 +56,7 @@ from mase_lite.machine import machine_info
 from mase_lite.training import TrainConfig, TrainState, resolve_device, resolve_precision
 
 from .lifecycle import Lifecycle, default_lifecycle
-from .space import InvalidArchitecture, SearchSpace, describe_graph
+from .space import InvalidArchitecture, SearchSpace, describe_graph, layer_indices
 
 log = logging.getLogger(__name__)
 
@@ -434,14 +440,18 @@ class BaseObjective(abc.ABC):
 
     # -- shared phases
     def build(self, trial: optuna.Trial, rec: TrialRecord) -> MaseGraph:
-        """Sample the architecture, build and trace it, apply identity choices, check the result."""
+        """Sample the architecture, build and trace it (or copy the traced pretrained base and shrink
+        it), apply identity choices, check the result."""
         space = self.ctx.space
-        with rec.phase("build"):
-            config = space.model.suggest(trial)
-            config = config.replace(seed=self.ctx.seed, **_dropout_fields(self.ctx.train, self.finetunes and self.ctx.finetune))
-            arch = {name: getattr(config, name) for name in space.model.choices}
-            rec.set("arch", arch)
-            graph = self.ctx.lifecycle.build(config)
+        if space.pretrained is not None:
+            graph, arch = self._build_pretrained(trial, rec)
+        else:
+            with rec.phase("build"):
+                config = space.model.suggest(trial)
+                config = config.replace(seed=self.ctx.seed, **_dropout_fields(self.ctx.train, self.finetunes and self.ctx.finetune))
+                arch = {name: getattr(config, name) for name in space.model.choices}
+                rec.set("arch", arch)
+                graph = self.ctx.lifecycle.build(config)
         identity: list[str] = []
         if space.nodes is not None:
             with rec.phase("identity"):
@@ -455,6 +465,27 @@ class BaseObjective(abc.ABC):
         rec.set("arch", arch)
         check_architecture(graph, arch)
         return graph
+
+    def _build_pretrained(self, trial: optuna.Trial, rec: TrialRecord) -> tuple[MaseGraph, dict[str, Any]]:
+        """A copy of the traced pretrained base (traced once per process), shrunk by the sampled
+        ``[space.shrink]`` choices (recorded as ``shrink`` and in ``arch``: layers kept, per-layer
+        heads, FFN width)."""
+        space = self.ctx.space
+        base = space.pretrained
+        arch = base.arch()
+        with rec.phase("build"):
+            graph = self.ctx.lifecycle.load_pretrained(base.checkpoint, base.num_labels, base.pooling, self.ctx.seed)
+        rec.set("arch", arch)
+        if space.shrink is not None:
+            with rec.phase("shrink"):
+                graph, choices = space.shrink.suggest(trial, graph, self.ctx.lifecycle)
+            rec.set("shrink", choices)
+            heads = set(choices["heads"].values())
+            arch = {**arch, "num_hidden_layers": choices["num_layers"], "layers_kept": choices["layers_kept"],
+                    "num_attention_heads": next(iter(heads)) if len(heads) == 1 else sorted(heads),
+                    "heads_per_layer": dict(choices["heads"]), "intermediate_size": choices["ffn"]}
+            rec.set("arch", arch)
+        return graph, arch
 
     def _record_eval(self, rec: TrialRecord, stage: str, metrics: dict[str, float]) -> None:
         rec.set(f"accuracy_{stage}", metrics["accuracy"])
@@ -564,6 +595,18 @@ def check_architecture(graph: MaseGraph, arch: dict[str, Any]) -> dict[str, Any]
     for name in ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size"):
         if name in arch and seen.get(name) is not None and seen[name] != arch[name]:
             wrong.append(f"{name}: sampled {arch[name]}, graph has {seen[name]}")
+    if arch.get("heads_per_layer") is not None:  # per-layer head counts (a shrunk pretrained base)
+        per_layer = {str(k): v for k, v in (seen.get("heads_per_layer") or {}).items()}
+        want = {str(k): int(v) for k, v in arch["heads_per_layer"].items()}
+        if per_layer != want:
+            diff = sorted(set(want) | set(per_layer), key=int)
+            wrong.append("heads per layer: " + ", ".join(
+                f"layer {k} sampled {want.get(k, '-')}, graph has {per_layer.get(k, '-')}"
+                for k in diff if want.get(k) != per_layer.get(k)))
+    if arch.get("layers_kept") is not None:
+        kept = layer_indices(graph)
+        if kept != list(arch["layers_kept"]):
+            wrong.append(f"layers kept: sampled {list(arch['layers_kept'])}, graph has {kept}")
     left = [p for p in arch.get("identity", []) if p in seen["linear_paths"]]
     if left:
         wrong.append(f"linear nodes still present after identity replacement: {left}")

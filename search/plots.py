@@ -34,7 +34,8 @@ class Curve:
     seed: int | None
     trials: list[int]  # Optuna trial numbers
     accuracies: list[float | None]
-    #: per trial: "complete", "failed" or "early-stopped" (None: complete where an accuracy, else failed)
+    #: per trial: "complete", "failed", "early-stopped" or "infeasible" (complete, over the size budget:
+    #: no accuracy counted); None: complete where an accuracy, else failed
     status: list[str] | None = None
 
     def statuses(self) -> list[str]:
@@ -59,13 +60,16 @@ def best_so_far(values: Sequence[float | None]) -> list[float]:
 
 def study_curve(study: optuna.Study) -> Curve:
     """The :class:`Curve` of a study (label and seed from its user attributes)."""
-    from .storage import interrupted_numbers, is_early_stopped
+    from .storage import interrupted_numbers, is_early_stopped, is_feasible
 
     trials, accs, status = [], [], []
     all_trials = study.get_trials(deepcopy=False)
     skip = interrupted_numbers(all_trials)
     for t in sorted(all_trials, key=lambda t: t.number):
-        if t.state == TrialState.COMPLETE:
+        if t.state == TrialState.COMPLETE and not is_feasible(t):  # over search.size_budget_bytes: never best
+            accs.append(None)
+            status.append("infeasible")
+        elif t.state == TrialState.COMPLETE:
             acc = t.user_attrs.get("accuracy")
             accs.append(float(acc) if acc is not None else (t.values[0] if t.values else None))
             status.append("complete")
@@ -156,8 +160,11 @@ def plot_best_so_far(curves: Sequence[Curve], png: Path, csv_path: Path, title: 
 
 
 def pareto_points(study: optuna.Study) -> list[dict[str, Any]]:
-    """Complete trials of a study with accuracy, compressed size and whether they are on its Pareto front."""
-    front = {t.number for t in study.best_trials} if len(study.directions) > 1 else set()
+    """Complete trials of a study with accuracy, compressed size and whether they are on the Pareto
+    front *of the plotted axes* (higher accuracy, smaller compressed size; feasible trials only), whatever
+    the study's second objective was (its front in e.g. latency is another set of trials)."""
+    from .storage import is_feasible
+
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         try:
@@ -165,7 +172,19 @@ def pareto_points(study: optuna.Study) -> list[dict[str, Any]]:
         except Exception:
             continue
         out.append({"study": study.study_name, "trial": t.number, "accuracy": t.user_attrs.get("accuracy"),
-                    "compressed_size_bytes": size, "on_front": t.number in front})
+                    "compressed_size_bytes": size, "feasible": is_feasible(t)})
+    if len(study.directions) > 1:
+        cand = [p for p in out if p["feasible"] and p["accuracy"] is not None]
+        for p in out:
+            p["on_front"] = p in cand and not any(
+                q["accuracy"] >= p["accuracy"] and q["compressed_size_bytes"] <= p["compressed_size_bytes"]
+                and (q["accuracy"] > p["accuracy"] or q["compressed_size_bytes"] < p["compressed_size_bytes"])
+                for q in cand)
+    else:
+        for p in out:
+            p["on_front"] = False
+    for p in out:
+        del p["feasible"]
     return out
 
 

@@ -1,6 +1,6 @@
 """Search spaces: what a trial samples, as Optuna parameters.
 
-Two spaces, one interface (:class:`BaseSearchSpace`):
+The spaces share one interface (:class:`BaseSearchSpace`):
 
 * :class:`ModelSpace` — model-level choices (``num_hidden_layers``, ``num_attention_heads``,
   ``hidden_size``, ``intermediate_size``), each a list of values. They are the fields ``BertConfig``
@@ -17,6 +17,13 @@ Two spaces, one interface (:class:`BaseSearchSpace`):
   (:class:`CompressionSpaceConfig`); :meth:`CompressionSpace.pipeline` turns a trial's choices into
   the ``quantize`` (``by = "name"``) and ``prune`` (per-node ``nodes`` overrides) passes it compresses
   with. Dynamic too; combinable with both spaces above.
+* :class:`ShrinkSpace` — with a pretrained base (``[model] checkpoint``, :class:`PretrainedBase`;
+  the model space is then empty): structured shrinking of the checkpoint from the lists of
+  ``[space.shrink]`` (:class:`ShrinkSpaceConfig`): ``shrink:num_layers`` (layers kept),
+  ``shrink:heads:<i>`` (heads kept in kept layer ``i``, the checkpoint's numbering) and
+  ``shrink:ffn`` (FFN width kept, one value for every kept layer), applied with the
+  ``shrink_layers`` / ``prune_heads`` / ``prune_ffn`` passes; dynamic, combinable with the node
+  and compression spaces (which then see the shrunk graph).
 
 :func:`describe_graph` reads the architecture back from a graph's structure (not its config), so
 tests and trials can check that what was trained is what was sampled.
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import itertools
 import re
 from typing import Any, ClassVar, Literal, Optional, Union
@@ -113,10 +121,81 @@ def _valid_formats() -> list[str]:
     return list(format_names())
 
 
+#: Optuna parameter names of the shrinking choices: ``shrink:num_layers``, ``shrink:heads:<layer>``
+#: (the layer's index in the checkpoint) and ``shrink:ffn``.
+SHRINK_PREFIX = "shrink:"
+#: The ``[space.shrink]`` lists and the checkpoint dimension each is bounded by.
+SHRINK_FIELDS = {"num_layers": "num_hidden_layers", "heads": "num_attention_heads", "ffn": "intermediate_size"}
+
+
+@dataclasses.dataclass
+class ShrinkSpaceConfig(Config):
+    """The ``[space.shrink]`` table: structured shrinking of a pretrained base (``model.checkpoint``),
+    each a list to sample from; a list left out is not searched (that dimension is kept whole).
+
+    ``num_layers``: layers kept (``shrink_layers`` with ``num_layers``: evenly spread over the
+    checkpoint's layers); ``heads``: attention heads kept, sampled **per kept layer**
+    (``shrink:heads:<i>``, ``i`` the layer's index in the checkpoint; ``prune_heads`` ranks heads by
+    the L1 norm of their output-projection slice); ``ffn``: FFN (intermediate) neurons kept, **one
+    value for all kept layers** (``prune_ffn``, L1 ranking). Values must be in ``[1, the checkpoint's
+    count]``; for grouped-query attention (``num_key_value_heads``) heads kept must be a multiple of
+    the key/value head count (the same number of query heads is kept in each group).
+    Checked against the checkpoint by :meth:`check_against`.
+    """
+
+    num_layers: Optional[list[int]] = None
+    heads: Optional[list[int]] = None
+    ffn: Optional[list[int]] = None
+
+    def validate(self, path: str = "") -> None:
+        p = f"{path}." if path else "space.shrink."
+        given = [k for k in SHRINK_FIELDS if getattr(self, k) is not None]
+        if not given:
+            raise ConfigError(f"{p.rstrip('.')} has no choices; give at least one of "
+                              f"{', '.join(SHRINK_FIELDS)} (lists of values kept)")
+        what = {"num_layers": "layers", "heads": "heads", "ffn": "FFN neurons"}
+        for key in given:
+            values = getattr(self, key)
+            if not values:
+                raise ConfigError(f"{p}{key} is an empty list; give at least one value (or leave {key} out "
+                                  f"to keep every one of the checkpoint's {what[key]})")
+            for i, v in enumerate(values):
+                if v < 1:
+                    raise ConfigError(f"{p}{key}[{i}] = {v}: keeping {v} {what[key]} is not possible; "
+                                      f"values must be at least 1")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{p}{key} = {values} has repeated values")
+
+    def check_against(self, dims: dict[str, Any], path: str = "space.shrink", checkpoint: str = "") -> None:
+        """Raise ConfigError unless every value fits the checkpoint's ``dims`` (``num_hidden_layers``,
+        ``num_attention_heads``, ``intermediate_size``, optionally ``num_key_value_heads``)."""
+        src = f"model.checkpoint {checkpoint!r}" if checkpoint else "the checkpoint"
+        for key, dim in SHRINK_FIELDS.items():
+            values = getattr(self, key)
+            hi = dims.get(dim)
+            if values is None or hi is None:
+                continue
+            for i, v in enumerate(values):
+                if v > hi:
+                    raise ConfigError(f"{path}.{key}[{i}] = {v} exceeds the {hi} {dim} of {src}; "
+                                      f"values must be in [1, {hi}]")
+        kv = dims.get("num_key_value_heads")
+        heads = dims.get("num_attention_heads")
+        if self.heads is not None and kv and heads and kv != heads:
+            for i, v in enumerate(self.heads):
+                if v % kv:
+                    valid = list(range(kv, heads + 1, kv))
+                    raise ConfigError(
+                        f"{path}.heads[{i}] = {v} does not divide evenly into the {kv} key/value head groups "
+                        f"of {src} (grouped-query attention keeps the same number of query heads per "
+                        f"group); valid: {valid}")
+
+
 @dataclasses.dataclass
 class SpaceConfig(Config):
     """The ``[space]`` table. Defaults are Lab 2's space; ``node_choices`` are the per-node options;
-    ``compression`` (optional) the per-node compression choices."""
+    ``compression`` (optional) the per-node compression choices; ``shrink`` (optional, with a
+    pretrained base ``model.checkpoint`` only) the structured-shrinking choices."""
 
     num_hidden_layers: list[int] = dataclasses.field(default_factory=lambda: [2, 4, 8])
     num_attention_heads: list[int] = dataclasses.field(default_factory=lambda: [2, 4, 8, 16])
@@ -124,6 +203,7 @@ class SpaceConfig(Config):
     intermediate_size: list[int] = dataclasses.field(default_factory=lambda: [512, 768, 1024, 1536, 2048])
     node_choices: list[str] = dataclasses.field(default_factory=lambda: list(NODE_CHOICES))
     compression: Optional[CompressionSpaceConfig] = None
+    shrink: Optional[ShrinkSpaceConfig] = None
 
     def validate(self, path: str = "") -> None:
         p = f"{path}." if path else ""
@@ -183,10 +263,11 @@ class ModelSpace(BaseSearchSpace):
 
     griddable = True
 
-    def __init__(self, config: SpaceConfig, base: ModelConfig | None = None):
+    def __init__(self, config: SpaceConfig, base: ModelConfig | None = None, pretrained: bool = False):
         self.config = config
         self.base = base or ModelConfig()
-        self.choices = {name: list(getattr(config, name)) for name in MODEL_PARAMS}
+        #: No model-level choices on a pretrained base (its sizes are the checkpoint's).
+        self.choices = {} if pretrained else {name: list(getattr(config, name)) for name in MODEL_PARAMS}
 
     def suggest(self, trial: optuna.Trial, *context: Any) -> ModelConfig:
         params = {name: trial.suggest_categorical(name, values) for name, values in self.choices.items()}
@@ -203,7 +284,9 @@ class ModelSpace(BaseSearchSpace):
         return [dict(zip(self.choices, c)) for c in itertools.product(*self.choices.values())]
 
     def n_valid(self) -> int:
-        """How many combinations can be built."""
+        """How many combinations can be built (0 without model-level choices: a pretrained base)."""
+        if not self.choices:
+            return 0
         return sum(invalid_reason(c) is None for c in self.combinations())
 
     def to_dict(self) -> dict[str, Any]:
@@ -339,26 +422,159 @@ def format_entry(fmt: str, width: int, frac_width: int | str | None, roles: Any 
     return cfg
 
 
+@dataclasses.dataclass(frozen=True)
+class PretrainedBase:
+    """A study's pretrained base: ``model.checkpoint`` (a directory or ``package:NAME``) with its
+    head ``pooling`` and ``num_labels``; ``dims``: the checkpoint's sizes (:func:`checkpoint_dims`)."""
+
+    checkpoint: str
+    pooling: str | None
+    num_labels: int
+    dims: dict[str, Any]
+
+    @classmethod
+    def from_model_config(cls, model: Any) -> "PretrainedBase":
+        return cls(str(model.checkpoint), model.pooling, model.num_labels, checkpoint_dims(str(model.checkpoint)))
+
+    def arch(self) -> dict[str, Any]:
+        """The unshrunk architecture (as a trial's ``arch``)."""
+        d = self.dims
+        return {"checkpoint": self.checkpoint, "pooling": self.pooling or "pooler",
+                "num_hidden_layers": d["num_hidden_layers"], "num_attention_heads": d["num_attention_heads"],
+                "hidden_size": d["hidden_size"], "intermediate_size": d["intermediate_size"]}
+
+
+_DIMS = ("model_type", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size",
+         "intermediate_size", "max_position_embeddings")
+
+
+def checkpoint_dims(checkpoint: str) -> dict[str, Any]:
+    """The sizes of checkpoint ``checkpoint`` (read from its config once per process): model_type,
+    num_hidden_layers, num_attention_heads, num_key_value_heads (None without GQA), hidden_size,
+    intermediate_size, max_position_embeddings. ConfigError (naming ``model.checkpoint``) if it
+    cannot be found or read."""
+    return dict(_checkpoint_dims(str(checkpoint)))
+
+
+@functools.lru_cache(maxsize=16)
+def _checkpoint_dims(checkpoint: str) -> tuple[tuple[str, Any], ...]:
+    from mase_lite.models import checkpoint_config
+
+    cfg = checkpoint_config(checkpoint, "model.checkpoint")
+    out = {}
+    for name in _DIMS:
+        v = getattr(cfg, name, None)
+        out[name] = v if v is None or isinstance(v, (int, str)) else None
+    if out.get("intermediate_size") is None:  # GPT-2: n_inner, default 4 x hidden
+        out["intermediate_size"] = getattr(cfg, "n_inner", None) or (4 * out["hidden_size"] if out["hidden_size"] else None)
+    if out.get("num_key_value_heads") == out.get("num_attention_heads"):
+        out["num_key_value_heads"] = None
+    return tuple(out.items())
+
+
+_LAYER_INDEX_RE = re.compile(r"(?:^|\.)(?:layers?|h)\.(\d+)\.")
+
+
+def layer_indices(graph: MaseGraph) -> list[int]:
+    """The layer indices (as in ``...layer.<i>.`` module paths, i.e. the checkpoint's numbering) that
+    the graph's nodes still belong to, sorted."""
+    found = set()
+    for node in graph.nodes:
+        m = _LAYER_INDEX_RE.search(graph.meta(node).module_path or "")
+        if m:
+            found.add(int(m.group(1)))
+    return sorted(found)
+
+
+class ShrinkSpace(BaseSearchSpace):
+    """The structured-shrinking choices of :class:`ShrinkSpaceConfig` on a pretrained base.
+
+    :meth:`suggest` samples ``shrink:num_layers``, runs ``shrink_layers``, then samples
+    ``shrink:heads:<i>`` for each kept layer ``i`` and runs ``prune_heads``, then samples
+    ``shrink:ffn`` and runs ``prune_ffn`` (each through the lifecycle; a value equal to the
+    checkpoint's skips its pass). It returns the shrunk graph and the choices: ``num_layers``,
+    ``layers_kept``, ``heads`` (``{layer: kept}``, every kept layer) and ``ffn``.
+    """
+
+    def __init__(self, config: ShrinkSpaceConfig, dims: dict[str, Any]):
+        self.config = config
+        self.dims = dict(dims)
+
+    def suggest(self, trial: optuna.Trial, *context: Any) -> tuple[MaseGraph, dict[str, Any]]:
+        graph, lifecycle = context
+        c, d = self.config, self.dims
+        choices: dict[str, Any] = {}
+        n_layers = d["num_hidden_layers"]
+        if c.num_layers is not None:
+            n_layers = trial.suggest_categorical(SHRINK_PREFIX + "num_layers", c.num_layers)
+            if n_layers != d["num_hidden_layers"]:
+                graph = lifecycle.shrink(graph, "shrink_layers", {"num_layers": int(n_layers)})
+        layers = layer_indices(graph)  # the trial's architecture check compares their number with n_layers
+        choices["num_layers"] = n_layers
+        choices["layers_kept"] = layers
+        full = d["num_attention_heads"]
+        heads = {str(i): full for i in layers}
+        if c.heads is not None:
+            heads = {str(i): trial.suggest_categorical(f"{SHRINK_PREFIX}heads:{i}", c.heads) for i in layers}
+            cut = {k: int(v) for k, v in heads.items() if v != full}
+            if cut:
+                graph = lifecycle.shrink(graph, "prune_heads", {"keep": cut})
+        choices["heads"] = heads
+        ffn = d["intermediate_size"]
+        if c.ffn is not None:
+            ffn = trial.suggest_categorical(SHRINK_PREFIX + "ffn", c.ffn)
+            if ffn != d["intermediate_size"]:
+                graph = lifecycle.shrink(graph, "prune_ffn", {"keep": int(ffn)})
+        choices["ffn"] = ffn
+        return graph, choices
+
+    def grid_search_space(self) -> dict[str, list[Any]]:
+        raise ConfigError(
+            "the grid sampler cannot enumerate space.shrink: the heads kept are sampled per kept layer, "
+            "so the parameters depend on space.shrink.num_layers; use 'random', 'tpe' or 'nsga2'"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+
 class SearchSpace:
     """The space of one study: a :class:`ModelSpace` and, optionally, a :class:`NodeSpace` and a
-    :class:`CompressionSpace`."""
+    :class:`CompressionSpace`; with a pretrained base (``model.checkpoint``, :class:`PretrainedBase`)
+    the model space is empty and :class:`ShrinkSpace` (``[space.shrink]``) shrinks the checkpoint."""
 
-    def __init__(self, model: ModelSpace, nodes: NodeSpace | None = None, compression: CompressionSpace | None = None):
+    def __init__(self, model: ModelSpace, nodes: NodeSpace | None = None, compression: CompressionSpace | None = None,
+                 pretrained: PretrainedBase | None = None, shrink: ShrinkSpace | None = None):
         self.model = model
         self.nodes = nodes
         self.compression = compression
+        self.pretrained = pretrained
+        self.shrink = shrink
 
     @classmethod
     def from_config(cls, config: SpaceConfig, base: ModelConfig | None = None, with_nodes: bool = False) -> "SearchSpace":
         compression = CompressionSpace(config.compression) if config.compression is not None else None
-        return cls(ModelSpace(config, base), NodeSpace(config.node_choices) if with_nodes else None, compression)
+        nodes = NodeSpace(config.node_choices) if with_nodes else None
+        if base is not None and getattr(base, "checkpoint", None):
+            pretrained = PretrainedBase.from_model_config(base)
+            shrink = ShrinkSpace(config.shrink, pretrained.dims) if config.shrink is not None else None
+            return cls(ModelSpace(config, base, pretrained=True), nodes, compression, pretrained, shrink)
+        if config.shrink is not None:
+            raise ConfigError("space.shrink shrinks a pretrained model: set model.checkpoint (a checkpoint "
+                              "directory or package:NAME) or remove the [space.shrink] table")
+        return cls(ModelSpace(config, base), nodes, compression)
 
     def grid_search_space(self) -> dict[str, list[Any]]:
-        """The grid of the whole space; ConfigError if it has per-node choices."""
+        """The grid of the whole space; ConfigError if it has per-node or shrinking choices."""
         if self.nodes is not None:
             self.nodes.grid_search_space()  # raises
         if self.compression is not None:
             self.compression.grid_search_space()  # raises
+        if self.shrink is not None:
+            self.shrink.grid_search_space()  # raises
+        if self.pretrained is not None:
+            raise ConfigError("the grid sampler enumerates model-level parameters, and a pretrained base "
+                              "(model.checkpoint) has none; use 'random', 'tpe' or 'nsga2' with [space.shrink]")
         return self.model.grid_search_space()
 
     def to_dict(self) -> dict[str, Any]:
@@ -366,12 +582,15 @@ class SearchSpace:
         d["nodes"] = self.nodes.to_dict() if self.nodes is not None else None
         if self.compression is not None:  # absent without one: studies made before it stay valid
             d["compression"] = self.compression.to_dict()
+        if self.shrink is not None:
+            d["shrink"] = self.shrink.to_dict()
         return d
 
 
 # --------------------------------------------------------------------------- reading a graph back
 
-_LAYER_RE = re.compile(r"(?:^|\.)layers?\.(\d+)(?:\.|$)")
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layers?|h)\.(\d+)(?:\.|$)")  # GPT-2's layers are h.<i>
+_ATTN_PATH_RE = re.compile(r"\.(?:attention|attn|self_attn)(?:\.|$)")  # eager attention's matmuls (BERT, GPT-2, Llama)
 _FFN_IN = ("intermediate.dense", "ffn.lin1")
 _FFN_OUT = ("output.dense", "ffn.lin2")
 
@@ -392,10 +611,13 @@ def describe_graph(graph: MaseGraph) -> dict[str, Any]:
     ``hidden_size``: the last axis of the embedding output; ``intermediate_size``: the output width of
     the feed-forward block's first linear (``intermediate.dense`` in BERT/RoBERTa, ``ffn.lin1`` in
     DistilBERT), else the input width of its second (if the first became an identity), else None;
-    ``linear_paths``: module paths of the remaining linear nodes.
+    ``linear_paths``: module paths of the remaining linear nodes; ``heads_per_layer``: ``{layer index:
+    heads}`` read the same way per layer (after ``prune_heads`` layers may differ; then
+    ``num_attention_heads`` is the sorted list of the distinct counts).
     """
     layers: set[int] = set()
     heads: set[int] = set()
+    heads_per_layer: dict[int, int] = {}
     hidden = None
     linear_paths: list[str] = []
     ffn_in: set[int] = set()
@@ -406,11 +628,13 @@ def describe_graph(graph: MaseGraph) -> dict[str, Any]:
         m = _LAYER_RE.search(path)
         if m:
             layers.add(int(m.group(1)))
-        if (meta.op == "attention" or (meta.op == "matmul" and ".attention" in f".{path}")) and meta.inputs \
+        if (meta.op == "attention" or (meta.op == "matmul" and _ATTN_PATH_RE.search(f".{path}"))) and meta.inputs \
                 and len(meta.inputs[0].shape) == 4:
             h = meta.inputs[0].shape[1]
             if isinstance(h, int):
                 heads.add(h)
+                if m:
+                    heads_per_layer[int(m.group(1))] = h
         if meta.op == "embedding" and hidden is None and meta.outputs:
             d = meta.outputs[0].shape[-1]
             hidden = d if isinstance(d, int) else None
@@ -427,4 +651,5 @@ def describe_graph(graph: MaseGraph) -> dict[str, Any]:
         "hidden_size": hidden,
         "intermediate_size": _one(widths),
         "linear_paths": linear_paths,
+        "heads_per_layer": dict(sorted(heads_per_layer.items())),
     }

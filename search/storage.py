@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -185,13 +186,7 @@ def _requeue(study: optuna.Study, trial: FrozenTrial) -> None:
         return
     if any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
         return
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-    if "grid_id" in trial.system_attrs:
-        # GridSampler needs every trial to carry its grid point; the retry takes the interrupted one's.
-        retry = next(t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-                     if t.user_attrs.get("retry_of") == trial.number)
-        for key in ("grid_id", "search_space"):
-            study._storage.set_trial_system_attr(retry._trial_id, key, trial.system_attrs[key])
+    enqueue_fixed(study, trial.params, {"retry_of": trial.number}, like=trial)
     log.warning("study %s: trial %d was interrupted; its configuration is queued again", study.study_name, trial.number)
 
 
@@ -321,13 +316,23 @@ def requeue_over_budget(study: optuna.Study, trial: FrozenTrial) -> bool:
     for key in ("retry_of", "grid_point"):
         if trial.user_attrs.get(key) is not None:
             attrs[key] = trial.user_attrs[key]
-    study.enqueue_trial(fixed, user_attrs=attrs, skip_if_exists=False)
-    if "grid_id" in trial.system_attrs:
-        new = next(t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-                   if t.user_attrs.get("requeue_of") == trial.number)
-        for key in ("grid_id", "search_space"):
-            study._storage.set_trial_system_attr(new._trial_id, key, trial.system_attrs[key])
+    enqueue_fixed(study, fixed, attrs, like=trial)
     return True
+
+
+def enqueue_fixed(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any],
+                  like: FrozenTrial | None = None, grid: dict[str, Any] | None = None) -> None:
+    """Queue a trial of fixed ``params`` with all its attributes in ONE storage write (as
+    ``enqueue_trial`` does, plus the grid attributes): another worker may take a queued trial the
+    moment it exists, so attributes added afterwards could miss it. ``like``: a trial whose grid point
+    (``grid_id``, ``search_space``; GridSampler needs them on every trial) the new one takes;
+    ``grid``: those attributes given directly."""
+    system = {"fixed_params": dict(params)}
+    if like is not None and "grid_id" in like.system_attrs:
+        system.update({k: like.system_attrs[k] for k in ("grid_id", "search_space")})
+    system.update(grid or {})
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=dict(user_attrs),
+                                              system_attrs=system))
 
 
 def enqueue_grid(study: optuna.Study, sampler: optuna.samplers.GridSampler) -> int:
@@ -336,13 +341,22 @@ def enqueue_grid(study: optuna.Study, sampler: optuna.samplers.GridSampler) -> i
     two workers the same point). Call once, by the process that created the study. Returns the count."""
     names = list(sampler._param_names)
     for grid_id, values in enumerate(sampler._all_grids):
-        study.enqueue_trial(dict(zip(names, values)), user_attrs={"grid_point": grid_id}, skip_if_exists=False)
-    waiting = {t.user_attrs.get("grid_point"): t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
-    for grid_id in range(len(sampler._all_grids)):
-        t = waiting[grid_id]
-        study._storage.set_trial_system_attr(t._trial_id, "search_space", sampler._search_space)
-        study._storage.set_trial_system_attr(t._trial_id, "grid_id", grid_id)
+        enqueue_fixed(study, dict(zip(names, values)), {"grid_point": grid_id},
+                      grid={"grid_id": grid_id, "search_space": sampler._search_space})
     return len(sampler._all_grids)
+
+
+def wait_for_grid(study: optuna.Study, timeout_s: float = 120.0, poll_s: float = 0.2) -> None:
+    """A worker that joined a grid study waits until its creator has queued every point
+    (``grid_queued``), so that it neither samples a point itself nor finds the queue empty too early."""
+    deadline = time.monotonic() + timeout_s
+    # the creator queues the grid before it writes the fingerprint: a study with a fingerprint and no
+    # grid_queued was made before grids were queued (it samples its points as it always did)
+    while not {"grid_queued", "fingerprint"} & set(study.user_attrs):
+        if time.monotonic() > deadline:
+            raise SearchError(f"study {study.study_name}: the process that created this grid study did not queue "
+                              f"its points within {timeout_s:.0f} s (it may have died); delete the study and run again")
+        time.sleep(poll_s)
 
 
 class Budget:
@@ -375,8 +389,15 @@ class Budget:
             study.stop()
 
 
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` meets its constraints (``search.size_budget_bytes``; no constraints: yes).
+    Infeasible trials never count as best: not in the summary, the figures nor the progress bar."""
+    return not any(c > 0 for c in trial.constraints.values())
+
+
 def _best_accuracy(study: optuna.Study) -> float | None:
-    accs = [t.user_attrs.get("accuracy") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    accs = [t.user_attrs.get("accuracy") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if is_feasible(t)]
     accs = [a for a in accs if a is not None]
     return max(accs) if accs else None
 
@@ -388,7 +409,7 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     if len(study.directions) > 1:
         return sorted(study.best_trials, key=lambda t: t.number)
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values
-            and not any(c > 0 for c in t.constraints.values())]  # feasible only (search.size_budget_bytes)
+            and is_feasible(t)]  # feasible only (search.size_budget_bytes)
     if not done:
         return []
     pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min

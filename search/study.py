@@ -51,7 +51,7 @@ from .space import SearchSpace
 from .config import (RunConfig, SearchError, StudySpec, derived_seed, digest, fingerprint_difference,
                      plan_studies, study_fingerprint)
 from .storage import Budget, best_trials, default_storage_url, n_counted, open_storage, recover_interrupted, redact, study_names
-from .storage import budget_state, enqueue_grid, fail_dead_workers, fetch_graph, open_artifacts, remove_graph
+from .storage import budget_state, enqueue_grid, wait_for_grid, fail_dead_workers, fetch_graph, open_artifacts, remove_graph
 from .summary import format_summary, summarize, write_trials_csv
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,8 @@ def run_study(cfg: RunConfig, spec: StudySpec, storage: optuna.storages.BaseStor
             study.set_user_attr("grid_queued", enqueue_grid(study, sampler))
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=make_pruner(cfg))
+        if spec.sampler_name == "grid":
+            wait_for_grid(study)
     if "fingerprint" not in study.user_attrs:
         fp = study_fingerprint(cfg, spec)
         for key, value in {
@@ -160,7 +162,7 @@ def run_study(cfg: RunConfig, spec: StudySpec, storage: optuna.storages.BaseStor
     if done >= budget:
         log.info("study %s: %d of %d trials done already", spec.name, done, budget)
         if graph_dir is not None:
-            keep_best_graphs(study)
+            keep_best_graphs(study, artifact_store(cfg, run_dir))
         return study, None
     splits = get_splits()
     pruning = cfg.search.pruner != "none"
@@ -176,7 +178,7 @@ def run_study(cfg: RunConfig, spec: StudySpec, storage: optuna.storages.BaseStor
         artifacts=artifact_store(cfg, run_dir) if graph_dir is not None else None,
     )
     objective = OBJECTIVES[spec.variant](ctx)
-    queue_only = "grid_queued" in study.user_attrs  # grid: points come from the queue only
+    queue_only = "grid_queued" in study.user_attrs  # grid: points come from the queue only (wait_for_grid)
     with tqdm(total=budget, initial=done, desc=spec.name, unit="trial", dynamic_ncols=True) as bar:
         cb = Budget(budget, cfg.search.max_failures_in_a_row, bar)
         with warnings.catch_warnings():

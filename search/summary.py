@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,7 +24,10 @@ log = logging.getLogger(__name__)
 def _arch_str(arch: dict[str, Any] | None) -> str:
     if not arch:
         return "-"
-    s = (f"L{arch.get('num_hidden_layers')} A{arch.get('num_attention_heads')} H{arch.get('hidden_size')} "
+    heads = arch.get("num_attention_heads")
+    if isinstance(arch.get("heads_per_layer"), dict):  # a shrunk checkpoint: heads kept per layer, in layer order
+        heads = "/".join(str(v) for _, v in sorted(arch["heads_per_layer"].items(), key=lambda kv: int(kv[0])))
+    s = (f"L{arch.get('num_hidden_layers')} A{heads} H{arch.get('hidden_size')} "
          f"I{arch.get('intermediate_size')}")
     if arch.get("n_identity"):
         s += f" id{arch['n_identity']}"
@@ -239,6 +243,7 @@ def write_trials_csv(storage, study_names: Iterable[str], path: Path) -> Path:
                 "study": name, "trial": t.number, "state": t.state.name,
                 **{k: arch.get(k) for k in MODEL_PARAMS}, "n_identity": arch.get("n_identity"),
                 "identity": " ".join(arch.get("identity") or []),
+                **({"shrink": json.dumps(ua["shrink"], sort_keys=True)} if ua.get("shrink") else {}),
                 "accuracy": ua.get("accuracy"), "accuracy_trained": ua.get("accuracy_trained"),
                 "accuracy_compressed": ua.get("accuracy_compressed"), "accuracy_finetuned": ua.get("accuracy_finetuned"),
                 "values": " ".join(map(str, t.values)) if t.values else "",

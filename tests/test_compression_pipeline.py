@@ -113,3 +113,42 @@ def test_transform_config_errors(tmp_path, capsys, text, match):
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+SCALED_PASSES = """[passes.quantize]
+by = "type"
+[passes.quantize.default.config]
+name = "NA"
+[passes.quantize.linear.config]
+name = "scaled_integer"
+data_in_width = 8
+weight_width = 8
+bias_width = 8
+"""
+
+
+def test_transform_calibrates_when_the_passes_need_it(tmp_path, data_dir, capsys):
+    """scaled_integer activations need calibrated ranges: `mase-lite transform` calibrates on the
+    [data] table's training rows (a `calibrate` step first, recorded, so the saved graph loads with
+    its ranges); without [data] it is one error naming [data], and nothing is written."""
+    import torch
+
+    cfg = _write_config(tmp_path / "cfg.toml", data_dir, tmp_path / "cache")
+    text = cfg.read_text()
+    cfg.write_text(text[:text.index("[passes.quantize]")] + SCALED_PASSES)
+    out = tmp_path / "out"
+    assert main(["transform", "--config", str(cfg), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["passes"] == ["calibrate", "quantize"]
+    loaded = MaseGraph.load(out / "graph")
+    assert [h[0] for h in loaded.history] == ["calibrate", "quantize"]
+    ids = torch.randint(5, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    assert torch.isfinite(loaded(**x).logits).all()
+
+    bare = tmp_path / "bare.toml"
+    bare.write_text("[model]\n" + "\n".join(f"{k} = {v}" for k, v in MODEL.items()) + "\n\n" + SCALED_PASSES)
+    assert main(["transform", "--config", str(bare), "--out", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert "need calibration data" in err and "add a [data] table" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out2").exists()

@@ -221,3 +221,30 @@ def test_zero_codes_fit_the_masked_encodings(fmt):
     assert entry["nonzero"] == int(((q != 0) & mask).sum()) < entry["kept"] == int(mask.sum())
     value, back = _decode_tensor("w", entry, arrays)
     assert torch.equal(value, q) and torch.equal(back, mask)
+
+
+def test_nan_weights_export_where_the_format_has_a_nan_code():
+    """A NaN is stored as the format's NaN code (fp8_e5m2 has one); the encoder's check that the codes
+    reproduce the quantised values treats NaN as NaN, and decoding gives the NaN back."""
+    from passes.export.codecs import codec_for
+    from passes.formats import format_from_dict
+
+    f = format_from_dict({"name": "minifloat", "preset": "fp8_e5m2"})
+    codec = codec_for(f.spec(), 0)
+    w = torch.tensor([[1.0, float("nan")], [-2.5, 0.0]])
+    arrays: dict = {}
+    entry = _encode_tensor("w", w, codec, None, arrays)
+    back, mask = _decode_tensor("w", entry, arrays)
+    assert mask is None and torch.isnan(back[0, 1])
+    assert torch.equal(back[~torch.isnan(w)], f.quantize(w)[~torch.isnan(w)])
+
+
+def test_fixed_scale_weight_costs_what_the_export_stores():
+    from passes.analysis.cost import _tensor_cost
+    from passes.export.codecs import codec_for
+    from passes.formats import format_from_dict
+
+    f = format_from_dict({"name": "scaled_integer", "width": 8, "scale": 0.01})
+    w = torch.randn(16, 32, generator=torch.Generator().manual_seed(0)) * 0.3
+    predicted = _tensor_cost("w", w, f.spec(), None, 0)["size_bytes_quantized"]
+    assert predicted == _encode_tensor("w", w, codec_for(f.spec(), 0), None, {})["bytes"] == 16 * 32

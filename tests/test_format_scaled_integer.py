@@ -127,3 +127,23 @@ def test_bits_and_overhead():
 def test_bad_configs(d, match):
     with pytest.raises(ConfigError, match=match):
         ScaledIntegerConfig.from_dict(d, path="w")
+
+
+def test_fixed_scale_rounds_low_precision_inputs_like_float32():
+    """bf16 / fp16 inputs: ``x / scale`` is formed in float32 (in bf16 it would already be rounded to
+    half-steps at |code| >= 64, sending ties the wrong way), so the codes equal those of the same
+    values in float32, and quantize equals reference."""
+    f = fmt(8, scale=0.0123)
+    x32 = (torch.rand(4000, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 127 * 0.0123
+    for dtype in (torch.bfloat16, torch.float16):
+        x = x32.to(dtype)
+        want = f.quantize(x.float()).to(dtype)  # same values, rounded in float32, then stored
+        assert torch.equal(f.quantize(x), want)
+        assert torch.equal(f.reference(x), want)
+        codes = torch.round(x.float() / 0.0123)
+        assert torch.equal(f.quantize(x).float(), (codes * 0.0123).to(dtype).float())
+
+
+def test_fixed_scale_stores_no_scale():
+    """A recorded (calibrated) scale is part of the config, not stored data: no overhead bits."""
+    assert fmt(8, scale=0.01).overhead_bits((10, 4), channel_dim=0) == 0

@@ -286,3 +286,29 @@ def test_in_place_edit_by_a_pass_is_reported(graph):
     with pytest.raises(PassError, match=r"modified the tensor 'classifier.weight' in place; a pass must use graph.write_tensor"):
         run_pass(graph, "_test_write", {"in_place": True})
     assert graph.history == []
+
+
+def test_pipeline_failure_restores_tensors_written_by_earlier_passes(graph):
+    """A pass's staged writes land on the shared tensors when it succeeds; a later failure in the same
+    pipeline puts them back, so the caller's weights are as before the pipeline (here: zeroed by the
+    first pass, then a failing second pass)."""
+    w = graph.gm.get_parameter("classifier.weight")
+    before = w.detach().clone()
+    x = _x()
+    ref = graph(**x).logits
+    with pytest.raises(PassError, match="boom after writing"):
+        run_pipeline(graph, {"passes": [("_test_write", {}), ("_test_write", {"fail": True})]})
+    assert graph.gm.get_parameter("classifier.weight") is w and torch.equal(w, before)
+    assert torch.equal(graph(**x).logits, ref) and graph.history == []
+
+
+def test_config_instances_are_validated_like_dicts(graph):
+    """An invalid Config object is refused before it runs (it could not be replayed on load)."""
+    from passes.analysis.cost import CostConfig
+
+    bad = CostConfig(batch_size=0)
+    with pytest.raises(ConfigError, match=r"cost\.batch_size = 0 is out of range"):
+        run_pass(graph, "cost", bad)
+    with pytest.raises(ConfigError, match=r"cost\.batch_size = 0 is out of range"):
+        run_pipeline(graph, [("cost", bad)])
+    assert graph.history == []

@@ -119,3 +119,27 @@ def test_plot_command(tmp_path, capsys):
     assert "is not a search run folder" in capsys.readouterr().err
     assert main(["plot", "--run", str(run), "--studies", "t2-baseline", "nope"]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
+
+
+def test_front_is_on_the_plotted_axes_and_infeasible_trials_never_count():
+    """A study whose second objective is not the size (here latency) is drawn as accuracy vs size:
+    its plotted front is the non-dominated set on those axes. A trial over the size budget (a positive
+    constraint) is neither on the front nor the best so far."""
+    from search.plots import pareto_points
+    from search.storage import _best_accuracy
+
+    st = optuna.create_study(directions=["maximize", "minimize"])
+    for acc, size, latency in [(0.80, 5_000_000, 1.0), (0.85, 1_000_000, 9.0)]:  # trial 1 dominates on the axes
+        st.add_trial(create_trial(state=TrialState.COMPLETE, values=[acc, latency], params={"hidden_size": 8},
+                                  distributions=DIST, user_attrs={"accuracy": acc,
+                                                                  "cost": {"size_bytes_compressed": size}}))
+    assert {p["trial"]: p["on_front"] for p in pareto_points(st)} == {0: False, 1: True}
+
+    single = optuna.create_study(direction="maximize")
+    for acc, excess in [(0.8, -1.0), (0.9, 5.0)]:  # trial 1 is over the budget
+        single.add_trial(create_trial(state=TrialState.COMPLETE, values=[acc], params={"hidden_size": 8},
+                                      distributions=DIST, user_attrs={"accuracy": acc},
+                                      system_attrs={"constraints:size_budget_bytes": excess}))
+    curve = study_curve(single)
+    assert curve.statuses() == ["complete", "infeasible"] and curve.best_so_far == [0.8, 0.8]
+    assert _best_accuracy(single) == 0.8

@@ -220,3 +220,44 @@ def test_best_graph_of_another_worker_is_fetched_from_the_artifact_store(fake_tr
         (row["arch"]["num_hidden_layers"], row["arch"]["num_attention_heads"], row["arch"]["hidden_size"])
     summary_json = (tmp_path / "worker-b" / "summary.json").read_text()
     assert str(tmp_path / "worker-b") in summary_json and "worker-a" not in summary_json
+
+
+def test_grid_points_are_queued_whole_even_when_a_worker_takes_one_at_once(tmp_path):
+    """Each grid point is queued in one write with its grid attributes: a worker that takes a point
+    the moment it is queued (here, between two inserts) gets the point's parameters and grid_id, and
+    the creator queues every point exactly once without failing."""
+    from search.storage import enqueue_grid
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'g.db'}")
+    space = {"x": [0, 1, 2]}
+    study = optuna.create_study(study_name="s", storage=storage, sampler=optuna.samplers.GridSampler(space, seed=0))
+    other = optuna.load_study(study_name="s", storage=storage, sampler=optuna.samplers.GridSampler(space, seed=0))
+    taken = []
+    add = study.add_trial
+
+    def add_then_pop(trial):
+        add(trial)
+        if not taken:
+            t = other.ask()
+            x = t.suggest_categorical("x", [0, 1, 2])
+            taken.append((x, storage.get_trial(t._trial_id).system_attrs.get("grid_id")))
+
+    study.add_trial = add_then_pop
+    assert enqueue_grid(study, study.sampler) == 3
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    points = sorted([taken[0][0]] + [t.system_attrs["fixed_params"]["x"] for t in waiting])
+    assert points == [0, 1, 2] and taken[0][1] is not None
+    assert all("grid_id" in t.system_attrs and "search_space" in t.system_attrs for t in waiting)
+
+
+def test_a_worker_joining_a_grid_study_waits_for_its_points(tmp_path):
+    from search.storage import wait_for_grid
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'w.db'}")
+    with pytest.raises(SearchError, match=r"did not queue its points within 0 s"):
+        wait_for_grid(study, timeout_s=0.05, poll_s=0.01)
+    study.set_user_attr("grid_queued", 3)
+    wait_for_grid(study, timeout_s=0.05)  # queued: returns at once
+    legacy = optuna.create_study(study_name="old", storage=f"sqlite:///{tmp_path / 'w.db'}")
+    legacy.set_user_attr("fingerprint", {"digest": "x"})
+    wait_for_grid(legacy, timeout_s=0.05)  # made before grids were queued: nothing to wait for

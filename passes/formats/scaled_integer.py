@@ -23,7 +23,8 @@ Zero tensors/channels (``amax = 0``) quantise to zeros (``s = 1`` is used for th
 but 0 saturates at ``+-qmax * scale``. NaN stays NaN, +-inf saturate (a fixed scale) or, as an
 ``amax``, make the tensor's scale infinite (non-finite weights are a diverged model).
 
-Storage: ``width`` bits per value plus one float32 scale per tensor, or per channel.
+Storage: ``width`` bits per value plus one float32 scale per tensor, or per channel (none for a
+recorded fixed ``scale``, which is part of the config).
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ def _field_prefix(path: str) -> str:
     return f"{path}." if path else ""
 
 
+def _work_dtype(x: Tensor) -> torch.dtype:
+    """float64 for float64 inputs, else float32: the fixed-scale path divides and rounds in it."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 @register_format(ScaledIntegerConfig)
 class ScaledIntegerFormat(NumberFormat):
     """Symmetric int with a per-tensor/per-channel scale ``amax / qmax`` (see the module docstring)."""
@@ -127,9 +133,9 @@ class ScaledIntegerFormat(NumberFormat):
     def quantize(self, x: Tensor, *, channel_dim: Optional[int] = None) -> Tensor:
         if self.fixed_scale is not None:
             s = self.fixed_scale
-            v = torch.div(x, s)
+            v = torch.div(x.to(_work_dtype(x)), s)  # bf16/fp16 would round x / s before the rounding
             v.round_().clamp_(-self.qmax, self.qmax)
-            return v.mul_(s)
+            return v.mul_(s).to(x.dtype)
         s = self._dynamic_scale(x, channel_dim)
         v = x.to(torch.float64) / s
         v.round_().clamp_(-self.qmax, self.qmax)
@@ -138,13 +144,14 @@ class ScaledIntegerFormat(NumberFormat):
     def saturated(self, x: Tensor, *, channel_dim: Optional[int] = None) -> Tensor:
         if self.fixed_scale is None:
             return torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-        return (x / self.fixed_scale).abs() > self.qmax
+        return (x.to(_work_dtype(x)) / self.fixed_scale).abs() > self.qmax
 
     def reference(self, x: Tensor, *, channel_dim: Optional[int] = None) -> Tensor:
         """Channel by channel, with the formula written out (slow)."""
         if self.fixed_scale is not None:
-            s = torch.tensor(self.fixed_scale, dtype=x.dtype)
-            return torch.clamp(torch.round(x / s), -self.qmax, self.qmax) * s
+            work = _work_dtype(x)
+            s = torch.tensor(self.fixed_scale, dtype=work)
+            return (torch.clamp(torch.round(x.to(work) / s), -self.qmax, self.qmax) * s).to(x.dtype)
         if self.per_channel and channel_dim is not None and x.dim() > 0:
             parts = [self._reference_slice(x.select(channel_dim, i)) for i in range(x.shape[channel_dim])]
             return torch.stack(parts, dim=channel_dim)
@@ -160,6 +167,8 @@ class ScaledIntegerFormat(NumberFormat):
         return self.width
 
     def overhead_bits(self, shape: tuple[int, ...], *, channel_dim: Optional[int] = None) -> int:
-        if self.per_channel and channel_dim is not None and len(shape) > 0 and self.fixed_scale is None:
+        if self.fixed_scale is not None:
+            return 0  # a recorded scale is part of the format's config (the export manifest), not stored data
+        if self.per_channel and channel_dim is not None and len(shape) > 0:
             return SCALE_BITS * int(shape[channel_dim])
         return SCALE_BITS

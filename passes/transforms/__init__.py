@@ -1,3 +1,3 @@
 """Transform passes: they rewrite graph nodes and are recorded in the graph's history."""
 
-from . import identity, prune, quantize  # noqa: F401  (registers the passes)
+from . import identity, prune, quantize, shrink  # noqa: F401  (registers the passes)

@@ -141,9 +141,9 @@ class QuantEntryConfig(Config):
     def from_dict(cls, data: Mapping[str, Any] | None, path: str = "") -> "QuantEntryConfig":
         if isinstance(data, cls):
             return data
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError(f"{path or 'config'} must be a table (e.g. {{name = \"integer\", ...}}), got {data!r}")
         data = dict(data or {})
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path or 'config'} must be a table/dict, got {data!r}")
         p = f"{path}." if path else ""
         name = data.pop("name", None)
         ste = check_ste(data.pop("ste", "plain"), f"{p}ste")
