@@ -119,7 +119,12 @@ def onnx_latency_ms(graph: MaseGraph, runs: int = LATENCY_RUNS, threads: int = L
 
 
 def measure_objectives(graph: MaseGraph, objectives: list[str], rec: "TrialRecord") -> None:
-    """Measure the :data:`MEASURED` objectives among ``objectives`` and record them as user attributes."""
+    """Measure the :data:`MEASURED` objectives among ``objectives`` and record them as user attributes
+    (on a CPU copy: the export and ONNX Runtime run on the CPU, whatever device trained the graph)."""
+    if not any(o in objectives for o in ("exported_bytes", "latency_ms")):
+        return
+    if any(p.device.type != "cpu" for p in graph.parameters()):
+        graph = graph.copy().to("cpu")
     if "exported_bytes" in objectives:
         with rec.phase("export"):
             rec.set("exported_bytes", exported_bytes(graph))

@@ -106,13 +106,30 @@ class CompressionSpaceConfig(Config):
                 check_range(f"{p}frac_widths[{i}]", f, 0, min(self.widths))
         for i, sp in enumerate(self.sparsities):
             check_range(f"{p}sparsities[{i}]", sp, 0.0, 1.0)
-        if "minifloat" in self.formats and not set(self.widths) & set(MINIFLOAT_WIDTHS):
-            raise ConfigError(f"{p}widths = {self.widths}: the minifloat format needs a width of "
-                              f"{sorted(MINIFLOAT_WIDTHS)}")
+        for fmt in self.formats:
+            if not valid_widths(fmt, self.widths, self.roles, self.scaled_granularity):
+                extra = f" of {sorted(MINIFLOAT_WIDTHS)}" if fmt == "minifloat" else ""
+                raise ConfigError(f"{p}widths = {self.widths}: none suits the {fmt} format; it needs a width{extra} "
+                                  f"that its config accepts (e.g. scaled_integer 2-16)")
 
 
 #: Widths the ``minifloat`` choice takes, and the exponent/mantissa split each means.
 MINIFLOAT_WIDTHS = {8: (4, 3), 16: (5, 10)}
+
+
+def valid_widths(fmt: str, widths: list[int], roles: Any = None, granularity: str = "per_channel") -> list[int]:
+    """The ``widths`` that format ``fmt`` takes (its ``quantize`` entry validates), in order."""
+    from passes.transforms.quantize import QuantEntryConfig
+
+    out = []
+    for w in widths:
+        try:
+            QuantEntryConfig.from_dict(format_entry(fmt, w, "auto" if fmt == "integer" else None,
+                                                    roles or COMPRESS_ROLES, granularity), path="w")
+        except ConfigError:
+            continue
+        out.append(w)
+    return out
 
 
 def _valid_formats() -> list[str]:
@@ -335,6 +352,13 @@ class CompressionSpace(BaseSearchSpace):
 
     def __init__(self, config: CompressionSpaceConfig):
         self.config = config
+        self._valid: dict[str, list[int]] = {}
+
+    def _widths(self, fmt: str) -> list[int]:
+        if fmt not in self._valid:
+            c = self.config
+            self._valid[fmt] = valid_widths(fmt, list(c.widths), c.roles, c.scaled_granularity)
+        return self._valid[fmt]
 
     @staticmethod
     def candidates(graph: MaseGraph) -> list[str]:
@@ -353,7 +377,8 @@ class CompressionSpace(BaseSearchSpace):
         for path in self.candidates(graph):
             name = f"{COMPRESS_PREFIX}{path}:"
             fmt = trial.suggest_categorical(name + "format", c.formats)
-            width = trial.suggest_categorical(name + "width", c.widths)
+            widths = self._widths(fmt)  # a format that takes only some widths samples from those
+            width = trial.suggest_categorical(name + ("width" if widths == list(c.widths) else f"width:{fmt}"), widths)
             frac = trial.suggest_categorical(name + "frac_width", c.frac_widths) if fmt == "integer" else None
             sparsity = trial.suggest_categorical(name + "sparsity", c.sparsities)
             choices[path] = {"format": fmt, "width": width, "frac_width": frac, "sparsity": sparsity}

@@ -36,9 +36,12 @@ def _arch_str(arch: dict[str, Any] | None) -> str:
 
 def trial_status(t: FrozenTrial, interrupted: set[int] | None = None) -> str:
     """``complete``, ``failed``, ``interrupted``, ``unbuildable`` (pruned: the architecture cannot be
-    built, no training), ``early-stopped`` (pruned by the study's pruner, mid-training), ``running``
-    or ``waiting``."""
+    built, no training), ``early-stopped`` (pruned by the study's pruner, mid-training),
+    ``over-budget`` (dropped by the budget guard of several workers, not counted), ``running`` or
+    ``waiting``."""
     if t.state == TrialState.PRUNED:
+        if t.user_attrs.get("over_budget"):
+            return "over-budget"
         return "early-stopped" if is_early_stopped(t) else "unbuildable"
     if t.state == TrialState.FAIL:
         return "interrupted" if (t.user_attrs.get("interrupted") or t.number in (interrupted or ())) else "failed"
@@ -126,7 +129,10 @@ def summarize(storage, study_names: Iterable[str]) -> list[dict[str, Any]]:
                                for t in trials)
         best = best_trials(study)
         if len(study.directions) == 1:
-            best = best[:1]  # the earliest of tied trials: the one whose graph was saved
+            # of tied trials, the earliest with a saved graph (with several workers an earlier-numbered
+            # trial can finish later, tie, and save none), else the earliest
+            best = sorted(best, key=lambda t: (not (t.user_attrs.get("graph_dir") or t.user_attrs.get("graph_artifact")),
+                                               t.number))[:1]
         best = sorted(best, key=lambda t: -(t.user_attrs.get("accuracy") or 0.0))
         out.append({
             "study": name,

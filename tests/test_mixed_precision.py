@@ -380,3 +380,25 @@ def test_reuse_trained_trains_each_architecture_once(fake_training, tmp_path, re
     assert [t.user_attrs.get("trained_reused_from") for t in done] == ([None, 0, 0] if reuse else [None] * 3)
     # each trial still compresses its own copy with its own choices
     assert len({t.user_attrs["cost"]["size_bytes_compressed"] for t in done}) == 3
+
+
+def test_a_format_that_takes_some_widths_samples_only_those():
+    """widths = [4, 8] with minifloat (8 or 16 bits only): a node that samples minifloat draws its width
+    from [8] (parameter ``...:width:minifloat``), so no sampled combination is unbuildable; integer
+    keeps the shared ``...:width`` over [4, 8]. A width no format takes is a config error."""
+    graph = tiny_graph()
+    space = CompressionSpace(CompressionSpaceConfig(formats=["integer", "minifloat"], widths=[4, 8], roles=["weight"]))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(6):
+        trial = study.ask()
+        choices = space.suggest(trial, graph)
+        for path, c in choices.items():
+            seen.add((c["format"], c["width"]))
+            key = f"compress:{path}:width" + (":minifloat" if c["format"] == "minifloat" else "")
+            assert trial.params[key] == c["width"]
+        space.pipeline(choices)  # every sampled choice builds
+        study.tell(trial, 0.5)
+    assert ("minifloat", 4) not in seen and {("minifloat", 8), ("integer", 4), ("integer", 8)} <= seen
+    with pytest.raises(ConfigError, match=r"widths = \[4\]: none suits the minifloat format"):
+        CompressionSpaceConfig(formats=["integer", "minifloat"], widths=[4]).validate("space.compression")

@@ -261,3 +261,21 @@ def test_a_worker_joining_a_grid_study_waits_for_its_points(tmp_path):
     legacy = optuna.create_study(study_name="old", storage=f"sqlite:///{tmp_path / 'w.db'}")
     legacy.set_user_attr("fingerprint", {"digest": "x"})
     wait_for_grid(legacy, timeout_s=0.05)  # made before grids were queued: nothing to wait for
+
+
+def test_over_budget_trials_are_labelled_so_and_a_tied_best_has_its_graph():
+    from search.summary import summarize, trial_status
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    dist = {"hidden_size": CategoricalDistribution([8, 16])}
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={"hidden_size": 8}, distributions=dist,
+                                 user_attrs={"over_budget": True}))
+    study.add_trial(create_trial(state=TrialState.COMPLETE, values=[0.8], params={"hidden_size": 8},
+                                 distributions=dist, user_attrs={"accuracy": 0.8}))   # tied, finished later, no graph
+    study.add_trial(create_trial(state=TrialState.COMPLETE, values=[0.8], params={"hidden_size": 16},
+                                 distributions=dist, user_attrs={"accuracy": 0.8, "graph_dir": "g/trial-00002"}))
+    trials = study.get_trials()
+    assert [trial_status(t) for t in trials] == ["over-budget", "complete", "complete"]
+    (summary,) = summarize(storage, ["s"])
+    assert [b["trial"] for b in summary["best"]] == [2]

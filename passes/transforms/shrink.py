@@ -560,6 +560,19 @@ def _check_remove(field: str, remove: dict[str, list[int]]) -> None:
             raise ConfigError(f"{field}.{k} = {idx}: indices are >= 0")
 
 
+def _check_keep_or_remove(p: str, keep: Any, remove: Any, keep_what: str, unit: str) -> None:
+    """``keep`` (an int, fraction or ``{layer: int}``, layer keys as digit strings) and/or concrete ``remove``."""
+    if keep is None and remove is None:
+        raise ConfigError(f"{p}.keep: give the {keep_what} or {p}.remove ({{layer: [{unit} indices]}})")
+    if keep is not None:
+        _check_keep_map(f"{p}.keep", keep)
+        for k in (keep if isinstance(keep, dict) else {}):
+            if not k.isdigit():
+                raise ConfigError(f"{p}.keep.{k}: layer keys are layer indices as strings ('0', '1', ...)")
+    if remove is not None:
+        _check_remove(f"{p}.remove", remove)
+
+
 @dataclasses.dataclass
 class PruneHeadsConfig(Config):
     """Heads kept (all layers or per layer key), the score ranking them, or concrete ``remove`` indices."""
@@ -571,16 +584,7 @@ class PruneHeadsConfig(Config):
 
     def validate(self, path: str = "") -> None:
         p = path or "prune_heads"
-        if self.keep is None and self.remove is None:
-            raise ConfigError(f"{p}.keep: give the heads kept (an int, or {{layer: int}}) or {p}.remove "
-                              f"({{layer: [head indices]}})")
-        if self.keep is not None:
-            _check_keep_map(f"{p}.keep", self.keep)
-            for k in (self.keep if isinstance(self.keep, dict) else {}):
-                if not k.isdigit():
-                    raise ConfigError(f"{p}.keep.{k}: layer keys are layer indices as strings ('0', '1', ...)")
-        if self.remove is not None:
-            _check_remove(f"{p}.remove", self.remove)
+        _check_keep_or_remove(p, self.keep, self.remove, "heads kept (an int, or {layer: int})", "head")
         if self.num_batches < 1:
             raise ConfigError(f"{p}.num_batches = {self.num_batches}: use at least 1 batch")
 
@@ -812,16 +816,8 @@ class PruneFFNConfig(Config):
 
     def validate(self, path: str = "") -> None:
         p = path or "prune_ffn"
-        if self.keep is None and self.remove is None:
-            raise ConfigError(f"{p}.keep: give the neurons kept (an int, a fraction in (0, 1), or {{layer: int}}) "
-                              f"or {p}.remove ({{layer: [neuron indices]}})")
-        if self.keep is not None:
-            _check_keep_map(f"{p}.keep", self.keep)
-            for k in (self.keep if isinstance(self.keep, dict) else {}):
-                if not k.isdigit():
-                    raise ConfigError(f"{p}.keep.{k}: layer keys are layer indices as strings ('0', '1', ...)")
-        if self.remove is not None:
-            _check_remove(f"{p}.remove", self.remove)
+        _check_keep_or_remove(p, self.keep, self.remove,
+                              "neurons kept (an int, a fraction in (0, 1), or {layer: int})", "neuron")
 
 
 class _FFN:
