@@ -9,7 +9,8 @@ count against ``n_trials``, so both arms spend the same number of sampler propos
 
 Printed and written (``--out``, default ``docs/pruner_speedup/``): each arm's wall time (the whole
 ``run_search`` call: trials, summaries, figures; data loaded once beforehand), best validation
-accuracy and trial counts, and the ratio of the wall times. Seed noise: the best architecture of
+accuracy and trial counts, and the ratio of the wall times; and, independent of the machine's load,
+the optimizer steps each arm trained (``--summarize`` recomputes them from ``trials.csv``). Seed noise: the best architecture of
 each arm is retrained with ``--noise-seeds`` other model seeds (same data and recipe), and the
 spread of those accuracies is reported beside the two bests. Files: ``results.json`` and
 ``trials.csv`` (one row per trial and arm). Run folders go to a temporary directory.
@@ -96,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the available CPUs)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "pruner_speedup")
+    p.add_argument("--summarize", action="store_true",
+                   help="only recompute the load-independent figures (trained steps per arm) from --out's "
+                        "trials.csv into its results.json")
     args = p.parse_args(argv)
+    if args.summarize:
+        return summarize(args.out)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from mase_lite.machine import machine_info
@@ -171,6 +177,47 @@ def main(argv: list[str] | None = None) -> int:
         w.writeheader()
         w.writerows(rows)
     print(f"wrote {args.out / 'results.json'} and {args.out / 'trials.csv'}")
+    return summarize(args.out)
+
+
+def trained_steps(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """Per arm, the optimizer steps actually trained: a complete trial trains the whole epoch, an
+    early-stopped one up to its stop, and a repeated architecture (reused, not retrained) none. Unlike
+    wall time this does not depend on what else ran on the machine (the epoch's length is read from the
+    early-stopped trials' ``total_steps``)."""
+    full = max((int(float(r["total_steps"])) for r in rows if r.get("total_steps")), default=None)
+    out: dict[str, dict[str, int]] = {}
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        seen, steps, trained, stopped = set(), 0, 0, 0
+        for r in (r for r in rows if r["arm"] == arm):
+            if r["arch"] in seen:
+                continue  # reused: the study evaluated this configuration already
+            seen.add(r["arch"])
+            if r["status"] == "early-stopped" and r.get("stopped_at_step"):
+                steps += int(float(r["stopped_at_step"]))
+                stopped += 1
+            elif r["status"] == "complete" and full:
+                steps += full
+            trained += 1
+        out[arm] = {"trained_architectures": trained, "early_stopped": stopped, "steps": steps,
+                    "epoch_steps": full or 0}
+    return out
+
+
+def summarize(out_dir: Path) -> int:
+    rows = list(csv.DictReader((out_dir / "trials.csv").open()))
+    res = json.loads((out_dir / "results.json").read_text())
+    steps = trained_steps(rows)
+    arms = list(steps)
+    res["trained_steps"] = steps
+    if len(arms) == 2 and steps[arms[1]]["steps"]:
+        res["trained_steps_ratio"] = round(steps[arms[0]]["steps"] / steps[arms[1]]["steps"], 3)
+    (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    for arm, st in steps.items():
+        print(f"{arm:>20}: {st['trained_architectures']} architectures trained ({st['early_stopped']} early-stopped), "
+              f"{st['steps']} optimizer steps (epoch = {st['epoch_steps']} steps)")
+    if "trained_steps_ratio" in res:
+        print(f"trained steps ratio {res['trained_steps_ratio']:.2f}x; wall time ratio {res['wall_time_ratio']:.2f}x")
     return 0
 
 

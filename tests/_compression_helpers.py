@@ -78,3 +78,15 @@ def assert_unchanged(graph: MaseGraph, code: str, st: dict, history=()) -> None:
 
 def linears(graph: MaseGraph) -> list:
     return [n for n in graph.nodes if graph.meta(n).op == "linear"]
+
+
+def assert_export_bytes_match_cost(report, out) -> None:
+    """An export report's measured bytes equal the cost pass's prediction, tensor by tensor and for the
+    non-embedding group, and the weights file is those arrays plus the safetensors header."""
+    for row in report["tensors"]:
+        if row["group"] != "uncounted":
+            assert row["measured"] == row["predicted"], row
+    non = report["groups"]["non_embedding"]
+    assert non["measured"] == non["predicted"] == report["cost"]["size_bytes_compressed_non_embedding"]
+    total = sum(r["measured"] for r in report["tensors"])
+    assert (out / "weights.safetensors").stat().st_size == total + report["safetensors_header_bytes"]

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _compression_helpers import LAB2_PRUNE, tiny_graph, tiny_inputs
+from _compression_helpers import LAB2_PRUNE, assert_export_bytes_match_cost, tiny_graph, tiny_inputs
 from mase_lite import MaseGraph
 from passes import run_pass
 from passes.export import export_graph
@@ -102,13 +102,7 @@ def test_tensors_are_stored_as_packed_codes(exported):
 
 def test_measured_bytes_match_the_cost_prediction(exported):
     _, _, _, report, out = exported
-    for row in report["tensors"]:
-        if row["group"] != "uncounted":
-            assert row["measured"] == row["predicted"], row
-    non = report["groups"]["non_embedding"]
-    assert non["measured"] == non["predicted"] == report["cost"]["size_bytes_compressed_non_embedding"]
-    total = sum(r["measured"] for r in report["tensors"])
-    assert (out / "weights.safetensors").stat().st_size == total + report["safetensors_header_bytes"]
+    assert_export_bytes_match_cost(report, out)
 
 
 def test_block_fp_values_and_exponents_not_filling_whole_bytes_match_the_prediction(tmp_path):

@@ -204,7 +204,9 @@ def calibrate(graph: MaseGraph, config: CalibrateConfig, context: PassContext) -
 def pipeline_needs_calibration(pipeline: Any) -> bool:
     """Whether some ``quantize`` step of ``pipeline`` (anything :func:`passes.parse_pipeline`
     takes) has an activation format that needs calibrated ranges (integer ``frac_width = "auto"``,
-    scaled_integer without a ``scale``) and no recorded ``resolved`` format for it."""
+    scaled_integer without a ``scale``). Conservative: it reads the configs, not the graph, so an
+    entry whose roles a ``resolved`` override already fixes, or a role its op does not use, still
+    counts (the calibration then runs needlessly; it never leaves one out that is needed)."""
     from ..pipeline import parse_pipeline
     from ..transforms.quantize import OP_ROLES, WEIGHT_ROLES, QuantizeConfig
 

@@ -35,7 +35,8 @@ Differences from MASE's ``_block_fp_quantize`` (``width`` there is ``1 + mantiss
 
 Dtypes: any shape (a 0-d tensor is one value); the result has ``x``'s dtype. float32, bfloat16 and
 float16 inputs are computed exactly in float32 when every scale ``2^(m - s)`` is a normal float32
-(the defaults), else in float64. All values of the format are float32 numbers (checked by
+(e.g. ``exponent_width <= 7``), else in float64 (the defaults, e8 with bias 127 and m7, reach
+``2^134`` at the smallest exponent, so they take the float64 path). All values of the format are float32 numbers (checked by
 ``validate``); a bfloat16 result is exact for ``mantissa_width <= 8`` (down to bfloat16's smallest
 subnormal, ``2^-133``), else the format's value rounded to bfloat16.
 
