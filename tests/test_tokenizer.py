@@ -225,3 +225,18 @@ def test_cli_train_from_a_checkpoint_records_its_tokenizer(tmp_path, data_dir):
     assert record["data"]["tokenizer"] == str(ckpt.resolve())
     graph_info = json.loads((out / "graph.json").read_text())["model_info"]["hf_config"]
     assert graph_info["pad_token_id"] == 1  # pad = eos, set before tracing
+
+
+def test_missing_mirror_is_reported_before_the_model_is_built(tmp_path, monkeypatch, capsys):
+    """A model built from sizes does not choose the tokenizer, so ``mase-lite train`` checks the
+    tokenizer first: offline with no mirror, the error comes before any model class is imported."""
+    import mase_lite.commands.common as common
+    from mase_lite.cli import main
+
+    monkeypatch.delenv("MASE_LITE_DATA", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(common, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model built")))
+    assert main(["train", "--layers", "1", "--hidden", "32", "--intermediate", "64", "--n-train", "4",
+                 "--n-val", "0", "--eval-split", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokenizer 'bert-base-uncased' not found" in err[0] and "HF_HUB_OFFLINE" in err[0]

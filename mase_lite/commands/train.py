@@ -219,6 +219,12 @@ def run(args: argparse.Namespace) -> int:
     data_cfg = data_config_from_args(args)
     train_cfg = train_config_from_args(args)
     resolve_device(train_cfg.device)  # cuda without CUDA: an error before any work
+    if not getattr(args, "checkpoint", None):
+        # a model built from sizes does not choose the tokenizer: check it first, so that a missing
+        # mirror offline is reported before the model classes are imported (seconds)
+        from ..data import load_tokenizer, resolve_tokenizer
+
+        load_tokenizer(resolve_tokenizer(data_cfg))
     model = _build_model(args)
     data_cfg = tokenizer_config(data_cfg, model)  # the checkpoint's own tokenizer by default; recorded below
     needed = ("train",) if args.eval_split == "none" else ("train", args.eval_split)
