@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -400,10 +400,23 @@ def example_inputs(model: nn.Module, batch: int = 2, seq: int = 16, seed: int = 
     Ids avoid the model's pad id (decoders find each row's last token by it) and the first 5 ids.
     """
     config = getattr(model, "config", None)
-    vocab = getattr(config, "vocab_size", 1000)
+    hf = {"vocab_size": getattr(config, "vocab_size", 1000), "pad_token_id": getattr(config, "pad_token_id", None)}
+    return random_inputs(["input_ids", "attention_mask"], hf, batch, seq, seed)
+
+
+def random_inputs(input_names: Sequence[str], hf_config: Mapping[str, Any], batch: int = 2, seq: int = 16,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded random inputs named ``input_names`` for a model with transformers config ``hf_config``
+    (a dict, e.g. a graph's ``model_info["hf_config"]``): ``input_ids`` in ``[5, vocab)`` avoiding the
+    pad id, masks all ones, other inputs (``token_type_ids``) zeros; ``seq`` is capped at the model's
+    ``max_position_embeddings``."""
+    vocab = int(hf_config.get("vocab_size") or 1000)
+    limit = hf_config.get("max_position_embeddings") or hf_config.get("n_positions")
+    seq = min(seq, int(limit)) if limit else seq
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, vocab, (batch, seq), generator=g)
-    pad = getattr(config, "pad_token_id", None)
+    ids = torch.randint(5, max(vocab, 6), (batch, seq), generator=g)
+    pad = hf_config.get("pad_token_id")
     if isinstance(pad, int) and pad >= 5:
         ids = torch.where(ids == pad, torch.full_like(ids, 5 if pad != 5 else 6), ids)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return {n: ids if n == "input_ids" else (torch.ones_like(ids) if "mask" in n else torch.zeros_like(ids))
+            for n in input_names}

@@ -95,19 +95,16 @@ def onnx_latency_ms(graph: MaseGraph, runs: int = LATENCY_RUNS, threads: int = L
     import statistics
     import tempfile
 
-    import numpy as np
-
+    from mase_lite.models import random_inputs
     from passes.export import export_graph
     from passes.export.onnx import ort_session
 
     with tempfile.TemporaryDirectory(prefix="mase-onnx-") as tmp:
         report = export_graph(graph, tmp, format="onnx")
         sess = ort_session(report["path"], num_threads=threads)
-        vocab = int(graph.model_info.get("hf_config", {}).get("vocab_size", 100) or 100)
-        limit = int(graph.model_info.get("max_position_embeddings") or seq_len)
-        n = min(seq_len, limit)
-        ids = np.random.default_rng(0).integers(5, max(vocab, 6), size=(1, n), dtype=np.int64)
-        feed = {name: ids if name == "input_ids" else np.ones_like(ids) for name in report["input_names"]}
+        hf = {**(graph.model_info.get("hf_config") or {}),
+              "max_position_embeddings": graph.model_info.get("max_position_embeddings") or seq_len}
+        feed = {k: v.numpy() for k, v in random_inputs(report["input_names"], hf, 1, seq_len).items()}
         for _ in range(warmup):
             sess.run(None, feed)
         times = []

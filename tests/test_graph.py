@@ -196,3 +196,19 @@ def test_not_a_module():
 
 def test_is_module_subclass():
     assert issubclass(MaseGraph, nn.Module)
+
+
+def test_random_inputs_avoid_the_pad_id_and_respect_the_positions():
+    """The one builder of example inputs for saved graphs (export, ONNX, latency): seeded ids in
+    [5, vocab) that avoid the pad id (decoders classify from the last non-pad token), masks of ones,
+    other inputs zeros, at most max_position_embeddings tokens."""
+    import torch
+
+    from mase_lite.models import random_inputs
+
+    hf = {"vocab_size": 8, "pad_token_id": 6, "max_position_embeddings": 12}
+    x = random_inputs(["input_ids", "attention_mask", "token_type_ids"], hf, batch=64, seq=32, seed=3)
+    ids = x["input_ids"]
+    assert ids.shape == (64, 12) and int(ids.min()) >= 5 and int(ids.max()) <= 7 and not (ids == 6).any()
+    assert torch.equal(x["attention_mask"], torch.ones_like(ids)) and not x["token_type_ids"].any()
+    assert torch.equal(random_inputs(["input_ids"], hf, 64, 32, seed=3)["input_ids"], ids)  # seeded

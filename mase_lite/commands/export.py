@@ -37,10 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _check(graph, args, report) -> None:
     import torch
 
-    g = torch.Generator().manual_seed(0)
-    vocab = int(graph.model_info.get("hf_config", {}).get("vocab_size", 100) or 100)
-    ids = torch.randint(5, max(vocab, 6), (4, 32), generator=g)
-    inputs = {n: ids if n == "input_ids" else torch.ones_like(ids) for n in graph.input_names}
+    from ..models import random_inputs
+
+    inputs = random_inputs(graph.input_names, graph.model_info.get("hf_config") or {}, 4, 32)
     graph.eval()
     with torch.no_grad():
         ref = graph(**inputs).logits

@@ -118,13 +118,9 @@ def rebuild_graph(model: Mapping[str, Any], history: list[Mapping[str, Any]]) ->
         torch.random.set_rng_state(torch_state)
     net.set_attn_implementation(model.get("attn_implementation", "sdpa"))
     net.eval()
-    vocab = int(getattr(config, "vocab_size", 100))
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, max(vocab, 6), (2, 16), generator=g)
-    inputs = {}
-    for name in model["input_names"]:
-        inputs[name] = ids if name == "input_ids" else (torch.ones_like(ids) if "mask" in name else torch.zeros_like(ids))
-    graph = MaseGraph.from_module(net, inputs)
+    from mase_lite.models import random_inputs
+
+    graph = MaseGraph.from_module(net, random_inputs(model["input_names"], config.to_dict()))
     graph.model_info = dict(model.get("model_info", graph.model_info))
     for step in history:
         if step.get("version") is not None:

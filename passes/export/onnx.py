@@ -413,10 +413,10 @@ def export_onnx(graph: MaseGraph, out_dir: str | Path, *, opset: int = OPSET) ->
     gm = _rewrite(graph)
     gm.eval()
     wrapper = _Logits(gm, list(graph.input_names)).eval()
-    g = torch.Generator().manual_seed(0)
-    vocab = int(graph.model_info.get("hf_config", {}).get("vocab_size", 100) or 100)
-    ids = torch.randint(5, max(vocab, 6), (2, 16), generator=g)
-    example = tuple(ids if n == "input_ids" else torch.ones_like(ids) for n in graph.input_names)
+    from mase_lite.models import random_inputs
+
+    inputs = random_inputs(graph.input_names, graph.model_info.get("hf_config") or {})
+    example = tuple(inputs[n] for n in graph.input_names)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     dyn = (tuple({0: batch, 1: seq} for _ in example),)  # forward(*inputs)
     t0 = time.perf_counter()
