@@ -560,6 +560,16 @@ def _check_remove(field: str, remove: dict[str, list[int]]) -> None:
             raise ConfigError(f"{field}.{k} = {idx}: indices are >= 0")
 
 
+def _check_removed(name: str, layer: str, idx: list[int], n: int, unit: str) -> None:
+    """Indices ``idx`` removed from layer ``layer`` of ``n`` units: each in range, and one unit left."""
+    bad = [i for i in idx if i >= n]
+    if bad:
+        raise ConfigError(f"{name}.remove.{layer} = {idx}: {unit} {bad[0]} is out of range; layer {layer} has "
+                          f"{unit}s 0 .. {n - 1}")
+    if len(idx) >= n:
+        raise ConfigError(f"{name}.remove.{layer} = {idx}: keeping 0 {unit}s in layer {layer}; keep at least one")
+
+
 def _check_keep_or_remove(p: str, keep: Any, remove: Any, keep_what: str, unit: str) -> None:
     """``keep`` (an int, fraction or ``{layer: int}``, layer keys as digit strings) and/or concrete ``remove``."""
     if keep is None and remove is None:
@@ -750,12 +760,7 @@ def prune_heads(graph: MaseGraph, config: PruneHeadsConfig, context: PassContext
     # check the (given or resolved) indices
     for k, idx in config.remove.items():
         a = layers[k]
-        bad = [i for i in idx if i >= a.heads]
-        if bad:
-            raise ConfigError(f"prune_heads.remove.{k} = {idx}: head {bad[0]} is out of range; layer {k} has heads "
-                              f"0 .. {a.heads - 1}")
-        if len(idx) >= a.heads:
-            raise ConfigError(f"prune_heads.remove.{k} = {idx}: keeping 0 heads in layer {k}; keep at least one")
+        _check_removed("prune_heads", k, idx, a.heads, "head")
         counts = [sum(1 for i in idx if i // a.group == g) for g in range(a.kv_heads)]
         if a.group > 1 and len(set(counts)) > 1:
             raise ConfigError(f"prune_heads.remove.{k} = {idx}: layer {k} groups its {a.heads} query heads in "
@@ -864,12 +869,7 @@ def prune_ffn(graph: MaseGraph, config: PruneFFNConfig) -> tuple[MaseGraph, dict
         config.remove = remove
     for k, idx in config.remove.items():
         f = layers[k]
-        bad = [i for i in idx if i >= f.width]
-        if bad:
-            raise ConfigError(f"prune_ffn.remove.{k} = {idx}: neuron {bad[0]} is out of range; layer {k} has "
-                              f"neurons 0 .. {f.width - 1}")
-        if len(idx) >= f.width:
-            raise ConfigError(f"prune_ffn.remove.{k} = {idx}: keeping 0 neurons in layer {k}; keep at least one")
+        _check_removed("prune_ffn", k, idx, f.width, "neuron")
     before = _num_params(graph)
     rows_info = []
     touched: set[fx.Node] = set()  # nodes whose shapes change
