@@ -223,11 +223,8 @@ def resolve_tokenizer(cfg: DataConfig, model: Any = None) -> DataConfig:
     return cfg.replace(tokenizer=DEFAULT_TOKENIZER)
 
 
-def load_tokenizer(cfg: DataConfig):
-    """The tokenizer ``cfg.tokenizer`` (unset: :data:`DEFAULT_TOKENIZER`): ``<mirror>/<tokenizer>/`` if
-    present, else a tokenizer directory at that path, else the hub (see :func:`hub_unavailable`)."""
-    from transformers import AutoTokenizer
-
+def _local_tokenizer(cfg: DataConfig) -> tuple[Path | None, str]:
+    """(the local directory of ``cfg``'s tokenizer, or the path looked for / None; where it came from)."""
     name = cfg.tokenizer or DEFAULT_TOKENIZER
     root, origin = mirror_dir(cfg)
     local = root / name if root is not None else None
@@ -235,6 +232,24 @@ def load_tokenizer(cfg: DataConfig):
         direct = Path(name).expanduser()
         if has_tokenizer_files(direct):
             local, origin = direct, "data.tokenizer"
+    return local, origin
+
+
+def check_tokenizer(cfg: DataConfig) -> None:
+    """Raise :func:`load_tokenizer`'s DataError now if ``cfg``'s tokenizer cannot be found; a local
+    directory is only located, not loaded (the data step loads it)."""
+    local, _ = _local_tokenizer(cfg)
+    if local is None or not local.is_dir():
+        load_tokenizer(cfg)  # the hub: loads it, or the one clear error (fast offline)
+
+
+def load_tokenizer(cfg: DataConfig):
+    """The tokenizer ``cfg.tokenizer`` (unset: :data:`DEFAULT_TOKENIZER`): ``<mirror>/<tokenizer>/`` if
+    present, else a tokenizer directory at that path, else the hub (see :func:`hub_unavailable`)."""
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer or DEFAULT_TOKENIZER
+    local, origin = _local_tokenizer(cfg)
     if local is not None and local.is_dir():
         try:
             return AutoTokenizer.from_pretrained(str(local), local_files_only=True)

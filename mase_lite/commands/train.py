@@ -222,9 +222,9 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "checkpoint", None):
         # a model built from sizes does not choose the tokenizer: check it first, so that a missing
         # mirror offline is reported before the model classes are imported (seconds)
-        from ..data import load_tokenizer, resolve_tokenizer
+        from ..data import check_tokenizer, resolve_tokenizer
 
-        load_tokenizer(resolve_tokenizer(data_cfg))
+        check_tokenizer(resolve_tokenizer(data_cfg))
     model = _build_model(args)
     data_cfg = tokenizer_config(data_cfg, model)  # the checkpoint's own tokenizer by default; recorded below
     needed = ("train",) if args.eval_split == "none" else ("train", args.eval_split)
