@@ -165,9 +165,29 @@ def _legacy_graph(out: Path) -> dict[str, torch.Tensor]:
     g.save(out)
     legacy = json.loads((LEGACY / "graph.json").read_text())
     current = json.loads((out / "graph.json").read_text())
-    assert {k: v for k, v in current.items() if k != "history"} == {k: v for k, v in legacy.items() if k != "history"}
+    assert _behaviour(current) == _behaviour(legacy)
     shutil.copy(LEGACY / "graph.json", out / "graph.json")
     return {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"], "logits": logits}
+
+
+def _behaviour(record: dict) -> dict:
+    """What in a graph record determines behaviour: everything but the history and the library version
+    strings (``hf_config.transformers_version``, which changes with every transformers release)."""
+    out = {k: v for k, v in record.items() if k != "history"}
+    info = dict(out["model_info"])
+    info["hf_config"] = {k: v for k, v in info["hf_config"].items() if k != "transformers_version"}
+    out["model_info"] = info
+    return out
+
+
+def test_record_comparison_ignores_version_strings_only():
+    legacy = json.loads((LEGACY / "graph.json").read_text())
+    bumped = json.loads(json.dumps(legacy))
+    bumped["model_info"]["hf_config"]["transformers_version"] = "99.0.0"
+    assert _behaviour(bumped) == _behaviour(legacy)
+    changed = json.loads(json.dumps(legacy))
+    changed["model_info"]["hf_config"]["hidden_size"] += 1
+    assert _behaviour(changed) != _behaviour(legacy)
 
 
 def test_graph_saved_before_formats_and_versions_loads_identically(tmp_path):
