@@ -40,7 +40,7 @@ test: install
 # The documentation site (MkDocs, mkdocs.yml) into site/, in strict mode: a broken link, reference or
 # generated page fails the build. The CLI and config references are generated during the build.
 docs: install
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # Move to newer releases on purpose: install the latest of everything (torch stays at the locked
 # version; move it by editing its line) into a scratch venv, run the suite there, and rewrite the lock

@@ -3,6 +3,8 @@
 #
 #   eval "$(.ci/postgres.sh start)"   # prints export lines: MASE_LITE_TEST_POSTGRES (the URL), MASE_LITE_PG_DIR
 #   .ci/postgres.sh stop [DIR]        # stops the server of DIR (default $MASE_LITE_PG_DIR) and deletes DIR
+#   .ci/postgres.sh pause DIR         # stops the server of DIR and keeps its data (an outage, for the tests)
+#   .ci/postgres.sh resume DIR        # starts the paused server of DIR again, on the same port
 #
 # start installs Debian's postgresql package if initdb/pg_ctl are missing (needs root and apt), runs
 # initdb in a new temporary folder and starts the server on 127.0.0.1 at a free port, with a
@@ -41,15 +43,35 @@ start() {
   port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
   as_pg "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }
-  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-h 127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=200" start >&2 \
-    || { cat "$dir/server.log" >&2; exit 1; }
   echo "$bin" >"$dir/bin"
+  echo "$port" >"$dir/port"
+  pg_start "$dir" || exit 1
   as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres optuna >&2 \
     || { as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >&2 || true; rm -rf "$dir"; exit 1; }
   echo "postgres.sh: server on 127.0.0.1:$port (folder $dir)" >&2
   echo "export MASE_LITE_TEST_POSTGRES=postgresql+psycopg://postgres@127.0.0.1:$port/optuna"
   echo "export MASE_LITE_PG_DIR=$dir"
+}
+
+pg_start() {  # start the server of folder $1 (initialised by start) on its port
+  local dir="$1" bin port
+  bin="$(cat "$dir/bin")"
+  port="$(cat "$dir/port")"
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-h 127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=200" start >&2 \
+    || { cat "$dir/server.log" >&2; return 1; }
+}
+
+pause() {
+  local dir="${1:-}"
+  if [ -z "$dir" ] || [ ! -d "$dir/data" ]; then echo "postgres.sh pause: no server folder given" >&2; exit 1; fi
+  as_pg "$(cat "$dir/bin")/pg_ctl" -D "$dir/data" -m fast -w stop >&2
+}
+
+resume() {
+  local dir="${1:-}"
+  if [ -z "$dir" ] || [ ! -f "$dir/port" ]; then echo "postgres.sh resume: no server folder given" >&2; exit 1; fi
+  pg_start "$dir"
 }
 
 stop() {
@@ -64,5 +86,7 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) shift; stop "$@" ;;
-  *) echo "usage: $0 start | stop [DIR]" >&2; exit 2 ;;
+  pause) shift; pause "$@" ;;
+  resume) shift; resume "$@" ;;
+  *) echo "usage: $0 start | stop [DIR] | pause DIR | resume DIR" >&2; exit 2 ;;
 esac

@@ -17,7 +17,7 @@ fake quantisation in fp32), ``ort_fp32`` and ``ort_compressed``. CPU model and f
 (int8 matmuls are fast only with VNNI / AMX; without them ONNX Runtime dequantises or runs
 int8 kernels no faster than fp32).
 
-    python benchmarks/export_onnx.py --out docs/export_onnx      # writes results.json / results.md
+    python benchmarks/export_onnx.py --out docs/results/export_onnx      # writes results.json / results.md
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def _stats(times_ms: list[float]) -> dict:
             "runs": len(times_ms)}
 
 
-def _time(fn, runs: int, warmup: int) -> dict:
+def _timings(fn, runs: int, warmup: int) -> list[float]:
+    """Milliseconds of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     out = []
@@ -52,7 +53,32 @@ def _time(fn, runs: int, warmup: int) -> dict:
         t0 = time.perf_counter()
         fn()
         out.append((time.perf_counter() - t0) * 1000.0)
-    return _stats(out)
+    return out
+
+
+def _time(fn, runs: int, warmup: int) -> dict:
+    return _stats(_timings(fn, runs, warmup))
+
+
+def _ort_session(path: str, threads: int, profile_prefix: str | None = None, config: dict | None = None):
+    """An ONNX Runtime CPU session, threads pinned (intra-op ``threads``, inter-op 1), without importing torch:
+    the same settings as passes.export.onnx.ort_session (see ORT_DISABLED_OPTIMIZERS there), plus the session
+    config entries ``config``; with ``profile_prefix``, ONNX Runtime's profiler on (``sess.end_profiling()``
+    names its JSON file)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["QDQPropagationTransformer"])
 
 
 # ------------------------------------------------------------------------------------------- one arm
@@ -77,16 +103,7 @@ def run_arm(arm: str, artefact: str, inputs: str, threads: int, runs: int, runs_
     batch = {"input_ids": data["ids"], "attention_mask": data["mask"]}
     evals = {"input_ids": data["eval_ids"], "attention_mask": data["eval_mask"]}
     if arm.startswith("ort"):  # onnxruntime only: no torch in this process
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        # the same settings as passes.export.onnx.ort_session (see ORT_DISABLED_OPTIMIZERS there)
-        sess = ort.InferenceSession(artefact, opts, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=["QDQPropagationTransformer"])
+        sess = _ort_session(artefact, threads)
 
         def run(feed):
             return sess.run(None, feed)[0]
@@ -179,7 +196,7 @@ def build(work: Path, train_rows: int, eval_rows: int, batch: int, seed: int) ->
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("docs/export_onnx"))
+    p.add_argument("--out", type=Path, default=Path("docs/results/export_onnx"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per arm")
     p.add_argument("--runs-batch", type=int, default=30, help="timed batch runs per arm")

@@ -9,7 +9,7 @@ Reads the run's storage and writes into ``--out``:
   per-node choices counted as in the summary);
 * ``front.json``: the front's trials with their full per-node choices, and the run's setup.
 
-    python benchmarks/mixed_precision_front.py --run /tmp/mp-run --out docs/mixed_precision
+    python benchmarks/mixed_precision_front.py --run /tmp/mp-run --out docs/results/mixed_precision
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="run folder of mase-lite search")
     ap.add_argument("--study", help="study name (default: the run's only study)")
-    ap.add_argument("--out", type=Path, default=Path("docs/mixed_precision"))
+    ap.add_argument("--out", type=Path, default=Path("docs/results/mixed_precision"))
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = f"sqlite:///{(args.run / 'optuna.db').resolve()}"

@@ -21,7 +21,7 @@ lifecycle (:mod:`search.lifecycle`):
 
 Per-entry results (each row's correctness) are cached too, so a rerun only computes what is missing.
 Outputs: ``results.csv``, ``results.json`` and ``results.md`` in ``--out`` (default
-``docs/pretrained_quant``).
+``docs/results/pretrained_quant``).
 
     MASE_LITE_DATA=/work/shared/data python benchmarks/pretrained_quant.py --qat
 """
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qat-only", action="store_true",
                     help="only the QAT entries (and fp32, for the paired comparison): a second worker")
     ap.add_argument("--cache", type=Path, default=None, help="default ~/.cache/mase-lite/pretrained_quant")
-    ap.add_argument("--out", type=Path, default=Path("docs/pretrained_quant"))
+    ap.add_argument("--out", type=Path, default=Path("docs/results/pretrained_quant"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

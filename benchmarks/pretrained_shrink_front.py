@@ -12,7 +12,7 @@ Reads the run's storage and saved graphs and writes into ``--out``:
   every trial, the front marked, with reference lines given by ``--ref`` (``label=accuracy``);
 * ``front.json``: the front's rows and the run's setup.
 
-    python benchmarks/pretrained_shrink_front.py --run /tmp/minilm-shrink --out docs/pretrained_shrink \\
+    python benchmarks/pretrained_shrink_front.py --run /tmp/minilm-shrink --out docs/results/pretrained_shrink \\
         --ref "unshrunk MiniLM, int8=0.856" --ref "Lab 2 best from scratch=0.847"
 """
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="run folder of mase-lite search")
     ap.add_argument("--study", help="study name (default: the run's only study)")
-    ap.add_argument("--out", type=Path, default=Path("docs/pretrained_shrink"))
+    ap.add_argument("--out", type=Path, default=Path("docs/results/pretrained_shrink"))
     ap.add_argument("--ref", action="append", default=[], help="a reference accuracy line: 'label=accuracy'")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)

@@ -7,7 +7,7 @@ on ``--n-train`` IMDb reviews and selected on ``--n-val`` validation reviews. Th
 ``--pruner-val-rows`` validation rows every ``--eval-every`` optimizer steps; early-stopped trials
 count against ``n_trials``, so both arms spend the same number of sampler proposals.
 
-Printed and written (``--out``, default ``docs/pruner_speedup/``): each arm's wall time (the whole
+Printed and written (``--out``, default ``docs/results/pruner_speedup/``): each arm's wall time (the whole
 ``run_search`` call: trials, summaries, figures; data loaded once beforehand), best validation
 accuracy and trial counts, and the ratio of the wall times; and, independent of the machine's load,
 the optimizer steps each arm trained (``--summarize`` recomputes them from ``trials.csv``). Seed noise: the best architecture of
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the available CPUs)")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "pruner_speedup")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "pruner_speedup")
     p.add_argument("--summarize", action="store_true",
                    help="only recompute the load-independent figures (trained steps per arm) from --out's "
                         "trials.csv into its results.json")

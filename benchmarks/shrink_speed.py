@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "shrink_speed")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "results" / "shrink_speed")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 

@@ -5,12 +5,19 @@ value against the field types (``int``, ``float``, ``bool``, ``str``, ``Literal[
 ``list[...]``, ``dict[str, ...]`` and nested configs) and raises :class:`ConfigError` naming the
 offending field (with its dotted path) and the valid keys or values. ``to_dict()`` is the inverse.
 Per-field checks beyond types go in ``validate()``, which ``from_dict`` calls.
+
+A number read into a config must be finite: ``nan``/``inf`` (TOML's literals, ``--set``, a float
+anywhere in a list, a table or an ``Any``-typed value) is one ConfigError naming the field's path,
+and :func:`check_range` refuses them too. A field whose values are measured rather than chosen (a
+recorded calibration range, which may legitimately be infinite) opts out with
+``dataclasses.field(..., metadata={"finite": False})``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -44,8 +51,22 @@ def check_choice(path: str, value: Any, choices: typing.Iterable[Any]) -> Any:
     return value
 
 
+def check_finite(path: str, value: Any) -> None:
+    """Raise a ConfigError naming the first ``nan``/``inf`` in ``value`` (lists and tables walked)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path} = {value!r} is not a finite number; nan and inf are not valid values, "
+                          f"give a finite number")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            check_finite(f"{path}.{k}", v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(f"{path}[{i}]", v)
+
+
 def check_range(path: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
-    """Raise a ConfigError unless ``lo <= value <= hi`` (either bound may be None)."""
+    """Raise a ConfigError unless ``value`` is finite and ``lo <= value <= hi`` (either bound may be None)."""
+    check_finite(path, value)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         lo_s = "-inf" if lo is None else repr(lo)
         hi_s = "inf" if hi is None else repr(hi)
@@ -56,9 +77,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(path: str, value: Any, tp: Any) -> Any:
+def _coerce(path: str, value: Any, tp: Any, finite: bool = True) -> Any:
+    """``value`` as type ``tp``; ``finite``: refuse ``nan``/``inf`` in it (see :func:`check_finite`)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if finite and (tp is Any or origin in (Union, types.UnionType) or isinstance(value, float)):
+        check_finite(path, value)  # before a union's alternatives could hide which item is not finite
     if tp is Any:
         return value
     if origin is Literal:
@@ -71,7 +95,7 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(path, value, arg)
+                return _coerce(path, value, arg, finite)
             except ConfigError as exc:
                 errors.append(str(exc))
         if len(errors) == 1:
@@ -82,12 +106,12 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path} must be a list, got {value!r}")
         item_tp = args[0] if args else Any
-        return [_coerce(f"{path}[{i}]", v, item_tp) for i, v in enumerate(value)]
+        return [_coerce(f"{path}[{i}]", v, item_tp, finite) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path} must be a table/dict, got {value!r}")
         val_tp = args[1] if len(args) == 2 else Any
-        return {str(k): _coerce(f"{path}.{k}", v, val_tp) for k, v in value.items()}
+        return {str(k): _coerce(f"{path}.{k}", v, val_tp, finite) for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, Config):
         if isinstance(value, tp):
             return value
@@ -138,7 +162,8 @@ class Config:
                 raise unknown_key_error(path, str(key), list(fields))
         kwargs = {}
         for name, value in data.items():
-            kwargs[name] = _coerce(f"{path}.{name}" if path else name, value, hints[name])
+            finite = fields[name].metadata.get("finite", True)
+            kwargs[name] = _coerce(f"{path}.{name}" if path else name, value, hints[name], finite)
         missing = [
             n
             for n, f in fields.items()

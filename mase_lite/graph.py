@@ -155,6 +155,8 @@ class MaseGraph(nn.Module):
     def copy(self, share_tensors: bool = False) -> "MaseGraph":
         """An independent deep copy; the base program is shared.
 
+        Every node of the copy has its own :class:`~mase_lite.metadata.NodeMeta` (annotations
+        included): editing one graph's metadata never changes the other's.
         ``share_tensors=True``: the graph, modules and metadata are copied, but the parameters and
         buffers are the same tensor objects as this graph's (what a transform pass works on, so an
         optimizer built on this graph stays valid for the result).
@@ -168,6 +170,9 @@ class MaseGraph(nn.Module):
         with warnings.catch_warnings():  # torch's pytree spec deprecation noise on deepcopy
             warnings.simplefilter("ignore", FutureWarning)
             new.gm = copy.deepcopy(self.gm, memo)
+        for node in new.gm.graph.nodes:  # fx copies node.meta shallowly: the NodeMeta objects would be shared
+            if isinstance(node.meta.get("mase"), md.NodeMeta):
+                node.meta["mase"] = node.meta["mase"].copy()
         new.input_names = list(self.input_names)
         new.model_info = copy.deepcopy(self.model_info)
         new.history = copy.deepcopy(self.history)
@@ -243,6 +248,14 @@ class MaseGraph(nn.Module):
         """The :class:`~mase_lite.metadata.NodeMeta` of a node."""
         n = self.node(node) if isinstance(node, str) else node
         return n.meta["mase"]
+
+    def set_annotation(self, node: fx.Node | str, key: str, value: Any) -> None:
+        """Set annotation ``key`` of a node (or node name) to ``value``: how passes record facts on
+        nodes (``graph.meta(node).annotations`` is for reading). The metadata is this graph's own
+        (:meth:`copy`), so the write never reaches another graph."""
+        if not isinstance(key, str) or not key:
+            raise MaseError(f"annotation key must be a non-empty string, got {key!r}")
+        self.meta(node).annotations[key] = value
 
     def recompile(self) -> None:
         """Regenerate code after editing ``gm.graph``, drop dead nodes and refresh metadata."""

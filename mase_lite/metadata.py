@@ -18,6 +18,7 @@ features of the query, key and value parts, in that order along the output dimen
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import operator
 from dataclasses import dataclass, field
@@ -113,7 +114,8 @@ class ParamMeta:
 class NodeMeta:
     """The typed record in ``node.meta["mase"]``.
 
-    ``annotations`` is where passes add their own facts (e.g. ``"quant"``, ``"sparsity"``).
+    ``annotations`` is where passes add their own facts (e.g. ``"quant"``, ``"prune"``), written
+    with :meth:`MaseGraph.set_annotation <mase_lite.graph.MaseGraph.set_annotation>`.
     ``fused_qkv``: for a fused query/key/value projection, the output features of its q, k and v parts
     (they sum to ``out_features``); ``None`` otherwise.
     """
@@ -160,6 +162,10 @@ class NodeMeta:
                 lead *= d
             return lead * q[-2] * k[-2] * (q[-1] + v[-1])  # QK^T and PV
         return 0
+
+    def copy(self) -> "NodeMeta":
+        """An independent copy (annotations deep-copied): what :meth:`MaseGraph.copy` gives each node."""
+        return copy.deepcopy(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -32,14 +32,18 @@ from torch import nn
 
 from .config import Config, check_choice, check_range
 from .errors import ConfigError, MaseError
+from .families import gqa_model_types, head_layout_problem
 
 log = logging.getLogger(__name__)
 
 ENCODER_TYPES = ("bert", "distilbert", "roberta", "albert", "electra", "deberta-v2", "modernbert")
 DECODER_TYPES = ("gpt2", "llama")
 MODEL_TYPES = ENCODER_TYPES + DECODER_TYPES
-#: Families with separate key/value head counts (grouped-query attention).
-GQA_TYPES = ("llama",)
+#: Families with separate key/value head counts (grouped-query attention): their family adapters say so.
+GQA_TYPES = gqa_model_types()
+#: The architecture fields of a :class:`ModelConfig`, in sampling order: what a search space samples
+#: (``search.space.MODEL_PARAMS``) and a benchmark table is keyed by (``search.bench.table.ARCH_PARAMS``).
+ARCH_FIELDS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size")
 #: Families whose token embeddings may be narrower than the hidden size (projected up).
 EMBEDDING_SIZE_TYPES = ("albert", "electra")
 #: HF ``model_type`` values of decoder-only classifiers: they classify from each row's last non-pad token,
@@ -114,21 +118,10 @@ class ModelConfig(Config):
             check_range(p + name, getattr(self, name), 1, None)
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             check_range(p + name, getattr(self, name), 0.0, 1.0)
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"{p}hidden_size = {self.hidden_size} is not divisible by {p}num_attention_heads = "
-                f"{self.num_attention_heads}; each head needs hidden_size / num_attention_heads dimensions"
-            )
-        if self.num_key_value_heads is not None:
-            if self.model_type not in GQA_TYPES:
-                raise ConfigError(f"{p}num_key_value_heads is only for model_type {' / '.join(GQA_TYPES)} "
-                                  f"(grouped-query attention), not {self.model_type!r}; remove it")
-            check_range(p + "num_key_value_heads", self.num_key_value_heads, 1, self.num_attention_heads)
-            if self.num_attention_heads % self.num_key_value_heads:
-                raise ConfigError(
-                    f"{p}num_key_value_heads = {self.num_key_value_heads} does not divide {p}num_attention_heads = "
-                    f"{self.num_attention_heads}; each key/value head serves a whole group of query heads"
-                )
+        problem = head_layout_problem(self.hidden_size, self.num_attention_heads, self.num_key_value_heads,
+                                      self.model_type, path=path)  # divisibility, GQA, rotary: the family's check
+        if problem is not None:
+            raise ConfigError(problem)
         if self.embedding_size is not None:
             if self.model_type not in EMBEDDING_SIZE_TYPES:
                 raise ConfigError(f"{p}embedding_size is only for model_type {' / '.join(EMBEDDING_SIZE_TYPES)}, "
@@ -137,12 +130,6 @@ class ModelConfig(Config):
         if self.pad_token_id is not None:
             check_range(p + "pad_token_id", self.pad_token_id, 0, self.vocab_size - 1)
         check_pooling(p + "pooling", self.pooling, self.model_type)
-        if self.model_type == "modernbert" and (self.hidden_size // self.num_attention_heads) % 2:
-            raise ConfigError(f"{p}hidden_size / {p}num_attention_heads = {self.hidden_size // self.num_attention_heads} "
-                              "must be even for model_type 'modernbert' (rotary position embeddings)")
-        if self.model_type == "llama" and (self.hidden_size // self.num_attention_heads) % 2:
-            raise ConfigError(f"{p}hidden_size / {p}num_attention_heads = {self.hidden_size // self.num_attention_heads} "
-                              "must be even for model_type 'llama' (rotary position embeddings)")
 
     @property
     def is_decoder(self) -> bool:

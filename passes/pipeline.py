@@ -21,6 +21,7 @@ To run a pass twice, use an array of tables instead, each entry naming its pass:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -31,7 +32,7 @@ from mase_lite.config import Config, load_toml
 from mase_lite.errors import ConfigError, MaseError, PassError
 from mase_lite.graph import HistoryEntry, MaseGraph
 
-from .registry import PassContext, get_pass
+from .registry import PassContext, PassResult, PassSpec, get_pass
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +56,23 @@ def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | N
       as a transform);
     * **transform** passes run on a structural copy that *shares* the parameter and buffer objects
       (:meth:`MaseGraph.copy` with ``share_tensors=True``); ``graph`` adopts the copy only if the
-      pass succeeds, so on any error ``graph`` is exactly as it was, and tensors the pass leaves
+      pass succeeds, so on any error ``graph`` is exactly as it was (code, tensors, node metadata and
+      annotations: the copy's metadata is its own), and tensors the pass leaves
       alone stay the same objects, so an optimizer built before the pass keeps training the graph.
       A pass therefore never edits an existing tensor in place: it registers a new one, or calls
       ``graph.write_tensor``, which the runner applies on success (``_undo``, for
       :func:`run_pipeline`: a list that receives ``(tensor, old value)`` of each write applied, so a
       later failure can restore them); the runner checks tensor
       version counters and reports a pass that edits in place as a PassError;
+    * after a transform, once (passes do not): drops dead code, lints the graph, regenerates its code
+      and refreshes the node metadata (:meth:`MaseGraph.recompile`, as torch.fx's ``PassManager``
+      recompiles and lints after each pass); a graph that does not lint is a PassError naming the
+      pass, with nothing committed;
     * records transform passes (and recorded analysis passes) in ``graph.history`` with the pass's
-      version and the config as the pass left it (data-dependent choices resolved), for replay by
-      ``MaseGraph.load``.
+      version and its config with the *decisions* the pass returned (``PassResult``: its
+      data-dependent choices) in place of the given values, for replay by ``MaseGraph.load``;
+    * refuses (PassError) a pass that writes into its config or returns decisions that are not
+      fields of its config.
     """
     spec = get_pass(name)
     if version is not None and version > spec.version:
@@ -72,70 +80,130 @@ def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | N
                         f"version {spec.version}: upgrade mase-lite to load it")
     if context is not None and not isinstance(context, PassContext):
         raise ConfigError(f"context must be a passes.PassContext, got {type(context).__name__}")
-    if isinstance(config, spec.config_cls):
-        cfg = copy.deepcopy(config)
-        cfg.validate(name)  # an instance is checked like a dict: an invalid one would not replay on load
-    elif config is None or isinstance(config, Mapping):
-        cfg = spec.config_cls.from_dict(copy.deepcopy(dict(config or {})), path=name)
-    else:
-        raise ConfigError(f"config of pass {name!r} must be a dict or {spec.config_cls.__name__}, got {type(config).__name__}")
+    cfg = _private_config(spec, config)
     fn = spec.fn
     if spec.takes_context:
         ctx = context if context is not None else PassContext()
         fn = lambda g, c: spec.fn(g, c, ctx)  # noqa: E731
     if spec.kind == "analysis":
-        graph, info = _run_analysis(graph, name, fn, cfg)
-        if spec.recorded:
-            graph.history.append(HistoryEntry(name, cfg.to_dict(), spec.version))
-        return graph, info
+        return _run_analysis(graph, spec, fn, cfg)
     versions = _tensor_versions(graph)
     work = graph.copy(share_tensors=True)
     staged: list[tuple[Any, Any]] = []
     work.__dict__["_staged_writes"] = staged
     try:
-        result, info = _call(name, fn, work, cfg)
+        result, info, decisions = _call(name, fn, work, cfg)
     finally:
         work.__dict__.pop("_staged_writes", None)
+    _finish_transform(name, result)
     touched = [k for k, (t, v) in versions.items() if t._version != v]
     if touched:
         raise PassError(f"pass {name!r} modified the tensor {touched[0]!r} in place; a pass must use "
                         f"graph.write_tensor() or register a new tensor (the graph shares its tensors with "
                         f"the pass's working copy, so an in-place edit could not be rolled back)")
+    entry = _history_entry(spec, cfg, decisions)
     with torch.no_grad():
         if _undo is not None:
             _undo.extend((tensor, tensor.detach().clone()) for tensor, _ in staged)
         for tensor, value in staged:
             tensor.copy_(value)
-    result.history.append(HistoryEntry(name, cfg.to_dict(), spec.version))
+    result.history.append(entry)
     graph.adopt(result)
     log.info("pass %s done", name)
     return graph, info
 
 
-def _call(name: str, fn, graph: MaseGraph, cfg: Config) -> tuple[MaseGraph, dict[str, Any]]:
+def _finish_transform(name: str, graph: MaseGraph) -> None:
+    """What every transform needs after editing: dead code dropped, lint, code and metadata refreshed."""
     try:
-        return fn(graph, cfg)
+        graph.recompile()
+    except Exception as exc:
+        raise PassError(f"pass {name!r} left a graph that does not lint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing was changed") from exc
+
+
+def unmet_requirements(pipeline: Mapping[str, Any] | Iterable[Any]) -> list[str]:
+    """The requirements (``register_pass(..., requires=...)``) of a pipeline's steps that no earlier
+    step provides (``provides=...``), in order of first need; ``pipeline``: anything
+    :func:`parse_pipeline` takes."""
+    provided: set[str] = set()
+    unmet: list[str] = []
+    for name, cfg in parse_pipeline(pipeline):
+        spec = get_pass(name)
+        unmet.extend(r for r in sorted(spec.requirements(cfg)) if r not in provided and r not in unmet)
+        provided.update(spec.provides)
+    return unmet
+
+
+def _private_config(spec: PassSpec, config: Config | Mapping[str, Any] | None) -> Config:
+    """A validated copy of ``config`` as the pass's config class (the caller's object is not touched)."""
+    if isinstance(config, spec.config_cls):
+        cfg = copy.deepcopy(config)
+        cfg.validate(spec.name)  # an instance is checked like a dict: an invalid one would not replay on load
+        return cfg
+    if config is None or isinstance(config, Mapping):
+        return spec.config_cls.from_dict(copy.deepcopy(dict(config or {})), path=spec.name)
+    raise ConfigError(f"config of pass {spec.name!r} must be a dict or {spec.config_cls.__name__}, "
+                      f"got {type(config).__name__}")
+
+
+def _call(name: str, fn, graph: MaseGraph, cfg: Config) -> PassResult:
+    """Run the pass; its result as a :class:`PassResult`. PassError if it writes into ``cfg``."""
+    before = cfg.to_dict()
+    try:
+        out = fn(graph, cfg)
     except MaseError:
         raise
     except Exception as exc:
         raise PassError(f"pass {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(out, tuple) or len(out) not in (2, 3):
+        raise PassError(f"pass {name!r} returned {type(out).__name__}; a pass returns (graph, info) or "
+                        f"PassResult(graph, info, decisions)")
+    if cfg.to_dict() != before:
+        raise PassError(f"pass {name!r} wrote into its config; a pass returns what it chose as "
+                        f"PassResult(graph, info, decisions={{field: value}}) instead (see passes.registry)")
+    return PassResult(*out)
 
 
-def _run_analysis(graph: MaseGraph, name: str, fn, cfg: Config) -> tuple[MaseGraph, dict[str, Any]]:
+def _history_entry(spec: PassSpec, cfg: Config, decisions: Mapping[str, Any] | None) -> HistoryEntry:
+    """The history entry of a run: ``cfg`` with the pass's ``decisions`` in place of those fields."""
+    if not decisions:
+        return HistoryEntry(spec.name, cfg.to_dict(), spec.version)
+    fields = [f.name for f in dataclasses.fields(cfg)]
+    unknown = [k for k in decisions if k not in fields]
+    if unknown:
+        raise PassError(f"pass {spec.name!r} returned the decision {unknown[0]!r}, which is not a field of "
+                        f"{type(cfg).__name__}; decisions are config fields: {', '.join(fields)}")
+    if not spec.in_history:
+        raise PassError(f"pass {spec.name!r} returned decisions but is not recorded in the history; register it "
+                        f"with recorded=True")
+    chosen = dataclasses.replace(cfg, **decisions)
+    try:
+        chosen.validate(spec.name)
+    except ConfigError as exc:
+        raise PassError(f"pass {spec.name!r} returned decisions that do not make a valid config: {exc}") from exc
+    return HistoryEntry(spec.name, chosen.to_dict(), spec.version)
+
+
+def _run_analysis(graph: MaseGraph, spec: PassSpec, fn, cfg: Config) -> tuple[MaseGraph, dict[str, Any]]:
+    """Run an analysis pass on ``graph`` itself; on failure restore the node metadata it may have written."""
     code = graph.gm.code
     saved = [(n, n.meta.get("mase"), copy.deepcopy(getattr(n.meta.get("mase"), "annotations", None)))
              for n in graph.nodes]
     try:
-        result, info = _call(name, fn, graph, cfg)
+        result, info, decisions = _call(spec.name, fn, graph, cfg)
         if result is not graph or graph.gm.code != code:
-            raise PassError(f"analysis pass {name!r} changed the graph; register it with kind='transform'")
+            raise PassError(f"analysis pass {spec.name!r} changed the graph; register it with kind='transform'")
+        entry = _history_entry(spec, cfg, decisions) if (spec.recorded or decisions) else None
     except BaseException:
         for node, meta, annotations in saved:
             node.meta["mase"] = meta
             if annotations is not None:
                 meta.annotations = annotations
         raise
-    log.info("pass %s done", name)
+    if entry is not None:
+        graph.history.append(entry)
+    log.info("pass %s done", spec.name)
     return graph, info
 
 

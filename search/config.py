@@ -21,6 +21,7 @@ from mase_lite.errors import ConfigError, MaseError
 from mase_lite.models import ModelConfig
 from mase_lite.training import TrainConfig, resolve_device, resolve_precision
 
+from .bench.plan import BenchPlan
 from .objectives import METRICS, OBJECTIVES
 from .samplers import SamplerOptions, parse_sampler
 from .space import MODEL_PARAMS, SearchSpace, SpaceConfig
@@ -108,6 +109,9 @@ class SearchSection(Config):
     save_graphs: bool = True
     max_failures_in_a_row: int = 5
     heartbeat_interval: int = 60
+    #: Seconds a worker retries a failing storage call (server down, connection lost, journal file
+    #: system error) before it stops with one error line; a finished trial is then kept for --resume.
+    storage_retry_s: float = 300.0
     gc_after_trial: bool = True
     sampler_options: SamplerOptions = dataclasses.field(default_factory=SamplerOptions)
     #: Trials whose compressed size (cost pass) exceeds this many bytes are infeasible (an Optuna
@@ -153,6 +157,7 @@ class SearchSection(Config):
             check_range(f"{p}n_trials", self.n_trials, 1)
         check_range(f"{p}max_failures_in_a_row", self.max_failures_in_a_row, 0)
         check_range(f"{p}heartbeat_interval", self.heartbeat_interval, 1)
+        check_range(f"{p}storage_retry_s", self.storage_retry_s, 0.0)
         if self.size_budget_bytes is not None:
             check_range(f"{p}size_budget_bytes", self.size_budget_bytes, 1.0)
         if self.artifacts is not None and not str(self.artifacts).strip():
@@ -210,6 +215,9 @@ class RunConfig(Config):
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     finetune: dict[str, Any] = dataclasses.field(default_factory=dict)
     compression: dict[str, Any] = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULT_COMPRESSION))
+    #: ``[bench]``: the pre-registered analysis of a benchmark table built from this config
+    #: (:class:`search.bench.plan.BenchPlan`); not part of any study's fingerprint.
+    bench: Optional[BenchPlan] = None
 
     @classmethod
     def from_dict(cls, data, path: str = ""):  # type: ignore[override]

@@ -10,6 +10,12 @@ it on the validation split. Then:
 * ``compress_finetune`` — compresses, fine-tunes one more epoch, evaluates; the accuracy before
   fine-tuning is kept too.
 
+Held-out figures (``ObjectiveContext.test_eval``; the test split is never an objective): ``best``
+(live search) evaluates the final graph of a feasible trial that is best, tied for best or on the
+Pareto front among the trials complete so far -- so every trial of the final best set has one --
+into ``test_accuracy``, ``test_loss``, ``test_n``; ``all`` (benchmark tables) evaluates after every
+stage (``test_accuracy_trained`` ...). A trial that reuses an earlier result copies these too.
+
 Finally the ``cost`` pass measures the final graph. Everything goes into Optuna user attributes:
 ``arch``, ``accuracy`` (final) and ``accuracy_trained`` / ``accuracy_compressed`` /
 ``accuracy_finetuned``, ``cost``, ``timings`` (seconds per phase), ``graph_dir`` when the graph was
@@ -57,6 +63,7 @@ from mase_lite.training import TrainConfig, TrainState, resolve_device, resolve_
 
 from .lifecycle import Lifecycle, default_lifecycle
 from .space import InvalidArchitecture, SearchSpace, describe_graph, layer_indices
+from .storage_retry import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +229,8 @@ class TrialRecord:
         self.attrs: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
         self.accuracy = float("nan")
+        #: The objective values once computed (a result to keep if the storage fails before it is stored).
+        self.values: list[float] | None = None
         self._written: dict[str, Any] = {}
         #: The trial's own compression pipeline (sampled per-node choices), else None: the study's.
         self.pipeline: dict[str, Any] | None = None
@@ -283,6 +292,13 @@ class ObjectiveContext:
     reuse_duplicates: bool = False
     #: Where the best graphs are uploaded (an Optuna artifact store; None: only the local ``graph_dir``).
     artifacts: Any = None
+    #: Held-out evaluation on ``splits.test`` (:data:`TEST_EVAL`): ``none``, ``best`` or ``all``.
+    test_eval: str = "none"
+
+
+#: ``ObjectiveContext.test_eval`` choices: no test evaluation; the final graph of trials that are best
+#: (or tied, or on the Pareto front) so far (live search); every stage of every trial (tables).
+TEST_EVAL = ("none", "best", "all")
 
 
 class BaseObjective(abc.ABC):
@@ -322,6 +338,7 @@ class BaseObjective(abc.ABC):
             else:
                 graph, metrics = self._train(graph, train, rec)
             self._record_eval(rec, "trained", metrics)
+            self._record_test(graph, rec, "trained")
             graph = self.run_variant(graph, rec)
             with rec.phase("cost"):
                 cost = self.ctx.lifecycle.cost(graph)
@@ -330,8 +347,10 @@ class BaseObjective(abc.ABC):
             sparsity = sparsity_attrs(cost)
             if sparsity:
                 rec.set("sparsity", sparsity)
-            values = self._values(rec, cost)
+            values = rec.values = self._values(rec, cost)
             feasible = self._constrain(trial, rec, cost)
+            if self.ctx.test_eval == "best" and feasible and _improves(trial, values, ties=True):
+                self._record_test(graph, rec, None)
             self._check_budget(trial, rec)  # the final guard: see search.storage
             if self.ctx.graph_dir is not None and feasible and _improves(trial, values):
                 with rec.phase("save"):
@@ -347,6 +366,9 @@ class BaseObjective(abc.ABC):
             log.info("trial %d: accuracy %.4f, %s", trial.number, rec.accuracy, rec.attrs.get("arch"))
             return values[0] if len(values) == 1 else values
         except OverBudget:
+            raise
+        except StorageUnavailable as exc:  # the runner keeps a finished result (search.pending)
+            exc.record = rec
             raise
         except InvalidArchitecture as exc:
             rec.set("prune_reason", str(exc))
@@ -383,6 +405,7 @@ class BaseObjective(abc.ABC):
     def _check_budget(self, trial: optuna.Trial, rec: TrialRecord) -> None:
         """Raise :class:`OverBudget` (pruned, not counted) unless :func:`search.storage.admitted`;
         a queued configuration (grid point, retry) is queued again."""
+        from . import optuna_compat as compat
         from .storage import admitted, requeue_over_budget
 
         if self.ctx.n_trials is None or admitted(trial.study, trial.number, self.ctx.n_trials):
@@ -391,7 +414,7 @@ class BaseObjective(abc.ABC):
         rec.set("over_budget", True)
         rec.set("prune_reason", reason)
         rec.flush()
-        requeue_over_budget(trial.study, trial.study._storage.get_trial(trial._trial_id))
+        requeue_over_budget(trial.study, compat.storage_of(trial.study).get_trial(compat.trial_id_of(trial)))
         log.info("trial %d dropped: %s", trial.number, reason)
         raise OverBudget(reason)
 
@@ -406,7 +429,7 @@ class BaseObjective(abc.ABC):
         first = min(same, key=lambda t: t.number)  # never itself reused: that one's original is earlier
         self._check_budget(trial, rec)
         for key, value in first.user_attrs.items():
-            if key.startswith(("accuracy", "loss", "train_loss")) or key in ("cost", "early_stop", *MEASURED):
+            if key.startswith(("accuracy", "loss", "train_loss", "test_")) or key in ("cost", "early_stop", *MEASURED):
                 rec.set(key, value)
             elif key in ("sparsity", "compression_choices"):
                 rec.set(key, value)
@@ -500,6 +523,19 @@ class BaseObjective(abc.ABC):
         rec.accuracy = metrics["accuracy"]
         rec.set("accuracy", metrics["accuracy"])
 
+    def _record_test(self, graph: MaseGraph, rec: TrialRecord, stage: str | None) -> None:
+        """Evaluate ``graph`` on the test split (never an objective): after ``stage`` when ``test_eval`` is
+        ``all``; the final graph (``stage`` None) as ``test_accuracy``, ``test_loss``, ``test_n``."""
+        if self.ctx.test_eval == "none" or (stage is not None and self.ctx.test_eval != "all"):
+            return
+        with rec.phase("eval_test"):
+            m = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, self.ctx.train, train=False, split="test")
+        suffix = f"_{stage}" if stage else ""
+        rec.set(f"test_accuracy{suffix}", m["accuracy"])
+        rec.set(f"test_loss{suffix}", m["loss"])
+        if m.get("n") is not None:
+            rec.set("test_n", int(m["n"]))
+
     def _values(self, rec: TrialRecord, cost: dict[str, Any]) -> list[float]:
         out = []
         for name in self.ctx.objectives:
@@ -526,9 +562,9 @@ class BaseObjective(abc.ABC):
         if budget is None:
             return True
         excess = compressed_size(cost) - float(budget)
-        trial.set_constraint("size_budget_bytes", excess)
-        rec.set("size_excess_bytes", excess)
+        rec.set("size_excess_bytes", excess)  # first: a result kept through a storage outage has it
         rec.set("feasible", excess <= 0)
+        trial.set_constraint("size_budget_bytes", excess)
         return excess <= 0
 
     @abc.abstractmethod
@@ -555,6 +591,7 @@ class CompressObjective(BaseObjective):
             graph = self.ctx.lifecycle.compress(graph, rec.pipeline or self.ctx.compression)
         metrics = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, self.ctx.train, train=False)
         self._record_eval(rec, "compressed", metrics)
+        self._record_test(graph, rec, "compressed")
         return graph
 
 
@@ -568,6 +605,7 @@ class CompressFinetuneObjective(CompressObjective):
         graph = super().run_variant(graph, rec)
         metrics = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, self.ctx.finetune)
         self._record_eval(rec, "finetuned", metrics)
+        self._record_test(graph, rec, "finetuned")
         return graph
 
 
@@ -617,8 +655,9 @@ def check_architecture(graph: MaseGraph, arch: dict[str, Any]) -> dict[str, Any]
     return seen
 
 
-def _improves(trial: optuna.Trial, values: list[float]) -> bool:
-    """Whether ``values`` would be the study's best (single objective) or on its Pareto front (several)."""
+def _improves(trial: optuna.Trial, values: list[float], ties: bool = False) -> bool:
+    """Whether ``values`` would be the study's best (single objective; with ``ties``, best or tied for
+    best) or on its Pareto front (several)."""
     study = trial.study
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     directions = study.directions
@@ -629,7 +668,7 @@ def _improves(trial: optuna.Trial, values: list[float]) -> bool:
             continue
         other = [s * v for s, v in zip(sign, t.values)]
         if len(values) == 1:
-            if other[0] <= mine[0]:
+            if other[0] < mine[0] or (other[0] == mine[0] and not ties):
                 return False
         elif all(o <= m for o, m in zip(other, mine)) and any(o < m for o, m in zip(other, mine)):
             return False

@@ -14,6 +14,7 @@ import optuna
 
 from mase_lite.config import Config, check_choice, check_range
 from mase_lite.errors import ConfigError
+from mase_lite.registry import Registry
 
 from .space import SearchSpace
 
@@ -34,15 +35,16 @@ class SamplerOptions(Config):
 
 
 Factory = Callable[[SearchSpace, int, SamplerOptions], optuna.samplers.BaseSampler]
-SAMPLERS: dict[str, Factory] = {}
+#: name -> factory; a name taken by another factory is a DuplicateRegistration (mase_lite.registry).
+SAMPLERS: Registry[Factory] = Registry("sampler")
 
 
 def register_sampler(name: str) -> Callable[[Factory], Factory]:
-    """Decorator adding a sampler factory ``(space, seed, options) -> sampler`` under ``name``."""
+    """Decorator adding a sampler factory ``(space, seed, options) -> sampler`` under ``name`` (a name
+    already taken by another factory is an error)."""
 
     def deco(fn: Factory) -> Factory:
-        SAMPLERS[name] = fn
-        return fn
+        return SAMPLERS.register(name, fn)
 
     return deco
 

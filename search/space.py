@@ -20,13 +20,15 @@ The spaces share one interface (:class:`BaseSearchSpace`):
 * :class:`ShrinkSpace` — with a pretrained base (``[model] checkpoint``, :class:`PretrainedBase`;
   the model space is then empty): structured shrinking of the checkpoint from the lists of
   ``[space.shrink]`` (:class:`ShrinkSpaceConfig`): ``shrink:num_layers`` (layers kept),
-  ``shrink:heads:<i>`` (heads kept in kept layer ``i``, the checkpoint's numbering) and
-  ``shrink:ffn`` (FFN width kept, one value for every kept layer), applied with the
+  ``shrink:heads:<i>`` (heads kept in kept layer ``i``, the checkpoint's numbering; ALBERT, whose
+  layers share weights: one ``shrink:heads``) and ``shrink:ffn`` (FFN width kept, one value for
+  every kept layer), applied with the
   ``shrink_layers`` / ``prune_heads`` / ``prune_ffn`` passes; dynamic, combinable with the node
   and compression spaces (which then see the shrunk graph).
 
 :func:`describe_graph` reads the architecture back from a graph's structure (not its config), so
-tests and trials can check that what was trained is what was sampled.
+tests and trials can check that what was trained is what was sampled. Where a family keeps its
+layers, projections and heads is its adapter's (:mod:`mase_lite.families`), shared with shrinking.
 """
 
 from __future__ import annotations
@@ -35,18 +37,19 @@ import abc
 import dataclasses
 import functools
 import itertools
-import re
 from typing import Any, ClassVar, Literal, Optional, Union
 
 import optuna
 
 from mase_lite.config import Config, check_choice, check_range
 from mase_lite.errors import ConfigError
+from mase_lite.families import family, family_of, head_layout_problem, layer_calls
 from mase_lite.graph import MaseGraph
-from mase_lite.models import ModelConfig
+from mase_lite.models import ARCH_FIELDS, ModelConfig
 
-#: The model-level parameters, in sampling order. They are ``ModelConfig`` / ``BertConfig`` field names.
-MODEL_PARAMS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size")
+#: The model-level parameters, in sampling order. They are ``ModelConfig`` / ``BertConfig`` field names
+#: (:data:`mase_lite.models.ARCH_FIELDS`, the same tuple).
+MODEL_PARAMS = ARCH_FIELDS
 NODE_CHOICES = ("linear", "identity")
 NODE_PREFIX = "node:"
 #: Optuna parameter names of the per-node compression choices: ``compress:<module path>:<what>``.
@@ -108,13 +111,21 @@ class CompressionSpaceConfig(Config):
             check_range(f"{p}sparsities[{i}]", sp, 0.0, 1.0)
         for fmt in self.formats:
             if not valid_widths(fmt, self.widths, self.roles, self.scaled_granularity):
-                extra = f" of {sorted(MINIFLOAT_WIDTHS)}" if fmt == "minifloat" else ""
-                raise ConfigError(f"{p}widths = {self.widths}: none suits the {fmt} format; it needs a width{extra} "
+                try:  # the format's own words on a width it cannot take, if it has some
+                    format_entry(fmt, self.widths[0], None, self.roles, self.scaled_granularity)
+                    extra = ""
+                except ConfigError as exc:
+                    extra = f" ({str(exc).split(': ', 1)[-1]})"
+                raise ConfigError(f"{p}widths = {self.widths}: none suits the {fmt} format{extra}; it needs a width "
                                   f"that its config accepts (e.g. scaled_integer 2-16)")
 
 
-#: Widths the ``minifloat`` choice takes, and the exponent/mantissa split each means.
-MINIFLOAT_WIDTHS = {8: (4, 3), 16: (5, 10)}
+def __getattr__(name: str):  # MINIFLOAT_WIDTHS: the minifloat format's own table (search sits above passes)
+    if name == "MINIFLOAT_WIDTHS":
+        from passes.formats.minifloat import SEARCH_WIDTHS
+
+        return SEARCH_WIDTHS
+    raise AttributeError(name)
 
 
 def valid_widths(fmt: str, widths: list[int], roles: Any = None, granularity: str = "per_channel") -> list[int]:
@@ -124,12 +135,18 @@ def valid_widths(fmt: str, widths: list[int], roles: Any = None, granularity: st
     out = []
     for w in widths:
         try:
-            QuantEntryConfig.from_dict(format_entry(fmt, w, "auto" if fmt == "integer" else None,
+            QuantEntryConfig.from_dict(format_entry(fmt, w, "auto" if _takes_frac_width(fmt) else None,
                                                     roles or COMPRESS_ROLES, granularity), path="w")
         except ConfigError:
             continue
         out.append(w)
     return out
+
+
+def _takes_frac_width(fmt: str) -> bool:
+    from passes.formats import get_config_cls
+
+    return bool(get_config_cls(fmt).takes_frac_width)
 
 
 def _valid_formats() -> list[str]:
@@ -156,7 +173,9 @@ class ShrinkSpaceConfig(Config):
     the L1 norm of their output-projection slice); ``ffn``: FFN (intermediate) neurons kept, **one
     value for all kept layers** (``prune_ffn``, L1 ranking). Values must be in ``[1, the checkpoint's
     count]``; for grouped-query attention (``num_key_value_heads``) heads kept must be a multiple of
-    the key/value head count (the same number of query heads is kept in each group).
+    the key/value head count (the same number of query heads is kept in each group). A family whose
+    layers share one set of weights (ALBERT, :attr:`mase_lite.families.FamilyAdapter.shared_layers`)
+    samples one head count for every layer, ``shrink:heads``.
     Checked against the checkpoint by :meth:`check_against`.
     """
 
@@ -247,13 +266,11 @@ class SpaceConfig(Config):
             )
 
 
-def invalid_reason(params: dict[str, int]) -> str | None:
-    """Why the model-level ``params`` cannot be built, or None if they can."""
-    hidden, heads = params["hidden_size"], params["num_attention_heads"]
-    if hidden % heads:
-        return (f"hidden_size {hidden} is not divisible by num_attention_heads {heads} "
-                f"(each head needs hidden_size / num_attention_heads dimensions)")
-    return None
+def invalid_reason(params: dict[str, int], model_type: str | None = None,
+                   num_key_value_heads: int | None = None) -> str | None:
+    """Why the model-level ``params`` cannot be built in family ``model_type`` (None: any family), or
+    None if they can (the family adapter's check, :func:`mase_lite.families.head_layout_problem`)."""
+    return head_layout_problem(params["hidden_size"], params["num_attention_heads"], num_key_value_heads, model_type)
 
 
 class BaseSearchSpace(abc.ABC):
@@ -288,7 +305,7 @@ class ModelSpace(BaseSearchSpace):
 
     def suggest(self, trial: optuna.Trial, *context: Any) -> ModelConfig:
         params = {name: trial.suggest_categorical(name, values) for name, values in self.choices.items()}
-        reason = invalid_reason(params)
+        reason = invalid_reason(params, self.base.model_type, self.base.num_key_value_heads)
         if reason is not None:
             raise InvalidArchitecture(reason)
         return self.base.replace(**params)
@@ -304,7 +321,8 @@ class ModelSpace(BaseSearchSpace):
         """How many combinations can be built (0 without model-level choices: a pretrained base)."""
         if not self.choices:
             return 0
-        return sum(invalid_reason(c) is None for c in self.combinations())
+        return sum(invalid_reason(c, self.base.model_type, self.base.num_key_value_heads) is None
+                   for c in self.combinations())
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.choices, "base": self.base.to_dict()}
@@ -379,7 +397,7 @@ class CompressionSpace(BaseSearchSpace):
             fmt = trial.suggest_categorical(name + "format", c.formats)
             widths = self._widths(fmt)  # a format that takes only some widths samples from those
             width = trial.suggest_categorical(name + ("width" if widths == list(c.widths) else f"width:{fmt}"), widths)
-            frac = trial.suggest_categorical(name + "frac_width", c.frac_widths) if fmt == "integer" else None
+            frac = trial.suggest_categorical(name + "frac_width", c.frac_widths) if _takes_frac_width(fmt) else None
             sparsity = trial.suggest_categorical(name + "sparsity", c.sparsities)
             choices[path] = {"format": fmt, "width": width, "frac_width": frac, "sparsity": sparsity}
         return choices
@@ -421,29 +439,26 @@ def format_entry(fmt: str, width: int, frac_width: int | str | None, roles: Any 
     """The ``quantize`` pass entry ``config`` for format ``fmt`` at ``width`` bits on ``roles``
     (``<role>_<field>`` keys, see :mod:`passes.transforms.quantize`).
 
-    ``integer``: ``<role>_width`` and ``<role>_frac_width`` (``frac_width``, ``"auto"`` allowed);
+    Each format says how a width maps to its fields (``FormatConfig.search_fields``): ``integer``:
+    ``<role>_width`` and ``<role>_frac_width`` (``frac_width``, ``"auto"`` allowed);
     ``scaled_integer``: ``<role>_width``, weights with ``granularity`` scales; ``block_fp``:
-    ``<role>_mantissa_width = width - 1``; ``minifloat``: the exponent/mantissa split of
-    :data:`MINIFLOAT_WIDTHS` (8: e4m3, 16: e5m10) per role; other formats: ``<role>_width``.
+    ``<role>_mantissa_width = width - 1``; ``minifloat``: the exponent/mantissa split of its
+    ``SEARCH_WIDTHS`` (8: e4m3, 16: e5m10); ``dynamic_int8``: width 8 only, inputs and weights (its
+    biases stay float32); other formats: ``<role>_width``. A role with no field to set is given as an
+    empty table (``data_in = {}``).
     """
+    from passes.formats import get_config_cls  # search sits above passes
+
+    ccls = get_config_cls(fmt, "space.compression.formats")
     cfg: dict[str, Any] = {"name": fmt}
-    if fmt == "scaled_integer" and "weight" in roles:
-        cfg["weight_granularity"] = granularity
     for role in roles:
-        if fmt == "integer":
-            cfg[f"{role}_width"] = int(width)
-            cfg[f"{role}_frac_width"] = frac_width if frac_width is not None else "auto"
-        elif fmt == "minifloat":
-            if width not in MINIFLOAT_WIDTHS:
-                raise ConfigError(f"space.compression.widths: the minifloat format takes widths "
-                                  f"{sorted(MINIFLOAT_WIDTHS)}, not {width}")
-            e, m = MINIFLOAT_WIDTHS[width]
-            cfg[f"{role}_exponent_width"] = e
-            cfg[f"{role}_mantissa_width"] = m
-        elif fmt == "block_fp":
-            cfg[f"{role}_mantissa_width"] = int(width) - 1
-        else:
-            cfg[f"{role}_width"] = int(width)
+        fields = ccls.search_fields(role, int(width), frac_width=frac_width, granularity=granularity)
+        if fields is None:
+            continue  # the format does not take this role
+        if not fields:
+            cfg[role] = {}
+        for key, value in fields.items():
+            cfg[f"{role}_{key}"] = value
     return cfg
 
 
@@ -497,18 +512,11 @@ def _checkpoint_dims(checkpoint: str) -> tuple[tuple[str, Any], ...]:
     return tuple(out.items())
 
 
-_LAYER_INDEX_RE = re.compile(r"(?:^|\.)(?:layers?|h)\.(\d+)\.")
-
-
 def layer_indices(graph: MaseGraph) -> list[int]:
-    """The layer indices (as in ``...layer.<i>.`` module paths, i.e. the checkpoint's numbering) that
-    the graph's nodes still belong to, sorted."""
-    found = set()
-    for node in graph.nodes:
-        m = _LAYER_INDEX_RE.search(graph.meta(node).module_path or "")
-        if m:
-            found.add(int(m.group(1)))
-    return sorted(found)
+    """The layer indices (as in ``...layer.<i>.`` module paths, i.e. the checkpoint's numbering; ALBERT:
+    the calls of its shared layer) that the graph's nodes still compute, sorted (the family adapter's
+    :func:`mase_lite.families.layer_calls`)."""
+    return list(layer_calls(graph))
 
 
 class ShrinkSpace(BaseSearchSpace):
@@ -539,7 +547,12 @@ class ShrinkSpace(BaseSearchSpace):
         choices["layers_kept"] = layers
         full = d["num_attention_heads"]
         heads = {str(i): full for i in layers}
-        if c.heads is not None:
+        if c.heads is not None and family(d.get("model_type")).shared_layers:
+            kept = trial.suggest_categorical(SHRINK_PREFIX + "heads", c.heads)  # one set of weights: one count
+            heads = {str(i): kept for i in layers}
+            if kept != full:
+                graph = lifecycle.shrink(graph, "prune_heads", {"keep": int(kept)})
+        elif c.heads is not None:
             heads = {str(i): trial.suggest_categorical(f"{SHRINK_PREFIX}heads:{i}", c.heads) for i in layers}
             cut = {k: int(v) for k, v in heads.items() if v != full}
             if cut:
@@ -614,12 +627,6 @@ class SearchSpace:
 
 # --------------------------------------------------------------------------- reading a graph back
 
-_LAYER_RE = re.compile(r"(?:^|\.)(?:layers?|h)\.(\d+)(?:\.|$)")  # GPT-2's layers are h.<i>
-_ATTN_PATH_RE = re.compile(r"\.(?:attention|attn|self_attn)(?:\.|$)")  # eager attention's matmuls (BERT, GPT-2, Llama)
-_FFN_IN = ("intermediate.dense", "ffn.lin1")
-_FFN_OUT = ("output.dense", "ffn.lin2")
-
-
 def _one(values: set[int]) -> int | list[int] | None:
     """The single value of a set, the sorted list if there are several, None if empty."""
     if not values:
@@ -627,54 +634,62 @@ def _one(values: set[int]) -> int | list[int] | None:
     return next(iter(values)) if len(values) == 1 else sorted(values)
 
 
-def describe_graph(graph: MaseGraph) -> dict[str, Any]:
-    """The architecture a graph actually computes, read from its nodes.
+def _batch_size(graph: MaseGraph) -> Any:
+    """The inputs' batch size in metadata terms: an int, or the symbol ``"batch"``."""
+    for node in graph.nodes:
+        meta = graph.meta(node)
+        if node.op == "placeholder" and meta.outputs and meta.outputs[0].shape:
+            return meta.outputs[0].shape[0]
+    return "batch"
 
-    ``num_hidden_layers``: distinct ``layer.<i>`` indices in node module paths; ``num_attention_heads``:
-    the head axis (dim 1) of the inputs of the attention nodes (fused SDPA, or the score matmuls of
-    eager attention);
+
+def describe_graph(graph: MaseGraph) -> dict[str, Any]:
+    """The architecture a graph actually computes, read from its nodes with its family adapter
+    (:func:`mase_lite.families.family_of`).
+
+    ``num_hidden_layers``: the layers its nodes compute (:func:`layer_indices`; ALBERT: the calls of
+    its shared layer); ``num_attention_heads``: the heads of the inputs of the attention nodes (fused
+    SDPA, or the matmuls of eager attention inside the family's attention module): their axis 1, or
+    for a family with heads folded into the batch (DeBERTa) axis 0 over the batch size;
     ``hidden_size``: the last axis of the embedding output; ``intermediate_size``: the output width of
-    the feed-forward block's first linear (``intermediate.dense`` in BERT/RoBERTa, ``ffn.lin1`` in
-    DistilBERT), else the input width of its second (if the first became an identity), else None;
+    the feed-forward block's up projection (half of a fused GLU's), else the input width of its down
+    projection (if the up projection became an identity), else None;
     ``linear_paths``: module paths of the remaining linear nodes; ``heads_per_layer``: ``{layer index:
     heads}`` read the same way per layer (after ``prune_heads`` layers may differ; then
     ``num_attention_heads`` is the sorted list of the distinct counts).
     """
-    layers: set[int] = set()
+    fam, batch = family_of(graph), _batch_size(graph)
+    calls = layer_calls(graph)
+    layer_of = {n: i for i, nodes in calls.items() for n in nodes}
     heads: set[int] = set()
     heads_per_layer: dict[int, int] = {}
     hidden = None
     linear_paths: list[str] = []
-    ffn_in: set[int] = set()
-    ffn_out: set[int] = set()
+    ffn: dict[str, set[int]] = {"up": set(), "down": set()}
     for node in graph.nodes:
         meta = graph.meta(node)
         path = meta.module_path or ""
-        m = _LAYER_RE.search(path)
-        if m:
-            layers.add(int(m.group(1)))
-        if (meta.op == "attention" or (meta.op == "matmul" and _ATTN_PATH_RE.search(f".{path}"))) and meta.inputs \
-                and len(meta.inputs[0].shape) == 4:
-            h = meta.inputs[0].shape[1]
-            if isinstance(h, int):
+        if meta.inputs and (meta.op == "attention" or (meta.op == "matmul" and fam.in_attention(path))):
+            h = fam.heads_in(meta.inputs[0].shape, batch)
+            if h is not None:
                 heads.add(h)
-                if m:
-                    heads_per_layer[int(m.group(1))] = h
+                if node in layer_of:
+                    heads_per_layer[layer_of[node]] = h
         if meta.op == "embedding" and hidden is None and meta.outputs:
             d = meta.outputs[0].shape[-1]
             hidden = d if isinstance(d, int) else None
         if meta.op == "linear":
             linear_paths.append(path)
-            if path.endswith(_FFN_IN):
-                ffn_in.add(meta.out_features)
-            elif path.endswith(_FFN_OUT) and ".attention." not in path:
-                ffn_out.add(meta.in_features)
-    widths = ffn_in or ffn_out
+            role = (fam.role(path, "ffn") or (None, None))[1]
+            if role in ("up", "glu"):
+                ffn["up"].add(meta.out_features // (2 if role == "glu" else 1))
+            elif role == "down":
+                ffn["down"].add(meta.in_features)
     return {
-        "num_hidden_layers": len(layers),
+        "num_hidden_layers": len(calls),
         "num_attention_heads": _one(heads),
         "hidden_size": hidden,
-        "intermediate_size": _one(widths),
+        "intermediate_size": _one(ffn["up"] or ffn["down"]),
         "linear_paths": linear_paths,
         "heads_per_layer": dict(sorted(heads_per_layer.items())),
     }

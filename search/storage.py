@@ -13,7 +13,10 @@ from typing import Any, Iterable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from . import optuna_compat as compat
 from .config import SearchError
+from .storage_retry import StorageUnavailable, with_retry  # noqa: F401  (re-exported)
 
 
 
@@ -65,14 +68,22 @@ def _missing_driver(exc: BaseException) -> str | None:
     return None
 
 
-def open_storage(url: str, heartbeat_interval: int | None = 60) -> optuna.storages.BaseStorage:
+def open_storage(url: str, heartbeat_interval: int | None = 60,
+                 retry_s: float | None = None) -> optuna.storages.BaseStorage:
     """The Optuna storage for ``url``, connected now: SearchError naming the URL if it cannot be.
 
     ``journal:PATH``: a ``JournalStorage`` on the file ``PATH`` (several processes on one machine, or
     on a shared file system; no heartbeat). Anything else: an ``RDBStorage`` (with the heartbeat
     every ``heartbeat_interval`` seconds unless ``None``). A missing PostgreSQL driver is one line
-    asking to install ``mase-lite[postgres]``.
+    asking to install ``mase-lite[postgres]``. ``retry_s`` (``search.storage_retry_s``): later calls
+    that fail while the storage is unreachable are retried for that long
+    (:func:`search.storage_retry.with_retry`); ``None``: not wrapped.
     """
+    storage = _open(url, heartbeat_interval)
+    return storage if retry_s is None else with_retry(storage, retry_s, redact(url))
+
+
+def _open(url: str, heartbeat_interval: int | None) -> optuna.storages.BaseStorage:
     if is_journal(url):
         return _open_journal(url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -119,9 +130,7 @@ def _open_journal(url: str) -> optuna.storages.JournalStorage:
 
 def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
     """Whether ``storage`` fails the trials of dead workers by itself (an RDB storage with a heartbeat)."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return is_heartbeat_enabled(storage)
+    return compat.heartbeat_enabled(storage)
 
 
 def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
@@ -200,18 +209,19 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
 
     Returns the numbers of the trials requeued.
     """
-    storage = study._storage
+    storage = compat.storage_of(study)
     out = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING and _worker_gone(t):
+            tid = compat.trial_id_of(t)
             try:
-                storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-                storage.set_trial_user_attr(t._trial_id, "fail_reason",
+                storage.set_trial_user_attr(tid, "interrupted", True)
+                storage.set_trial_user_attr(tid, "fail_reason",
                                             f"interrupted: worker {t.user_attrs.get('worker', '?')} stopped mid-trial")
-                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                storage.set_trial_state_values(tid, TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another process got there first
-            t = storage.get_trial(t._trial_id)
+            t = storage.get_trial(tid)
         if t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
             _requeue(study, t)
             out.append(t.number)
@@ -262,7 +272,7 @@ def n_counted(study: optuna.Study) -> int:
 def admitted(study: optuna.Study, number: int, n_trials: int) -> bool:
     """Whether trial ``number`` may use the budget: fewer than ``n_trials`` trials numbered below it
     are counted, running or waiting (see the comment above)."""
-    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    trials = study.get_trials(deepcopy=False)
     skip = interrupted_numbers(trials)
     ahead = sum(t.number < number and (t.state in (TrialState.RUNNING, TrialState.WAITING) or is_counted(t, skip))
                 for t in trials)
@@ -291,7 +301,7 @@ def budget_state(study: optuna.Study, n_trials: int, queue_only: bool = False) -
     waiting = any(t.state == TrialState.WAITING for t in trials)
     if done + len(running) < n_trials and (waiting or not queue_only):
         return "go"
-    if running and (has_heartbeat(study._storage) or any(_on_this_host(t) for t in running)):
+    if running and (has_heartbeat(compat.storage_of(study)) or any(_on_this_host(t) for t in running)):
         return "wait"
     if running:
         log.info("study %s: %d trials still run on other hosts; without a heartbeat this worker cannot tell "
@@ -339,11 +349,11 @@ def enqueue_grid(study: optuna.Study, sampler: optuna.samplers.GridSampler) -> i
     """Queue every point of ``sampler``'s grid, in its (seeded) order, each with its ``grid_id``, so
     that several workers take distinct points from the queue (Optuna's ``GridSampler`` alone may give
     two workers the same point). Call once, by the process that created the study. Returns the count."""
-    names = list(sampler._param_names)
-    for grid_id, values in enumerate(sampler._all_grids):
+    names, points, space = compat.grid_points(sampler)
+    for grid_id, values in enumerate(points):
         enqueue_fixed(study, dict(zip(names, values)), {"grid_point": grid_id},
-                      grid={"grid_id": grid_id, "search_space": sampler._search_space})
-    return len(sampler._all_grids)
+                      grid={"grid_id": grid_id, "search_space": space})
+    return len(points)
 
 
 def wait_for_grid(study: optuna.Study, timeout_s: float = 120.0, poll_s: float = 0.2) -> None:
@@ -360,14 +370,24 @@ def wait_for_grid(study: optuna.Study, timeout_s: float = 120.0, poll_s: float =
 
 
 class Budget:
-    """Stops a study when its budget is used, or after too many failures in a row (then ``aborted``)."""
+    """Stops a study when its budget is used, or after too many failures in a row (then ``aborted``).
 
-    def __init__(self, n_trials: int, max_failures: int, bar=None):
+    A callback of ``study.optimize`` (it calls ``study.stop()``), or of a loop of one's own
+    (``in_optimize=False``: it only sets ``stopped``)."""
+
+    def __init__(self, n_trials: int, max_failures: int, bar=None, in_optimize: bool = True):
         self.n_trials = n_trials
         self.max_failures = max_failures
         self.streak = 0
         self.aborted: str | None = None
         self.bar = bar
+        self.in_optimize = in_optimize
+        self.stopped = False
+
+    def _stop(self, study: optuna.Study) -> None:
+        self.stopped = True
+        if self.in_optimize:
+            study.stop()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted"):
@@ -382,11 +402,11 @@ class Budget:
                 self.bar.set_postfix(best=f"{best:.4f}", refresh=False)
             self.bar.refresh()
         if done >= self.n_trials:
-            study.stop()
+            self._stop(study)
         elif self.max_failures and self.streak >= self.max_failures:
             self.aborted = f"{self.streak} trials in a row failed (last: {trial.user_attrs.get('fail_reason', '?')})"
             log.error("study %s stopped: %s", study.study_name, self.aborted)
-            study.stop()
+            self._stop(study)
 
 
 def is_feasible(trial: FrozenTrial) -> bool:

@@ -1,4 +1,10 @@
-"""The summary table and the trial CSV of a search, read back from storage."""
+"""The summary table and the trial CSV of a search, read back from storage.
+
+Beside each best trial's validation accuracy (``acc``: what the search selected on, so optimistic --
+the winner's curse) both show ``test``: the same model's accuracy on the test split, which nothing
+selected on (``search.objectives``: evaluated for every trial that was best, tied or on the Pareto
+front when it finished). ``trials.csv`` fills ``test_accuracy`` only for the study's final best trials.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +65,8 @@ def _trial_row(t: FrozenTrial) -> dict[str, Any]:
         "trial": t.number,
         "state": t.state.name,
         "accuracy": ua.get("accuracy"),
+        "test_accuracy": ua.get("test_accuracy"),
+        "test_n": ua.get("test_n"),
         "accuracy_trained": ua.get("accuracy_trained"),
         "accuracy_compressed": ua.get("accuracy_compressed"),
         "accuracy_finetuned": ua.get("accuracy_finetuned"),
@@ -82,7 +90,11 @@ def _sparsity(cost: dict[str, Any]) -> dict[str, float]:
     return sparsity_attrs(cost)
 
 
-_SHORT_FORMAT = {"integer": "int", "scaled_integer": "sint", "minifloat": "fp", "block_fp": "bfp"}
+def _short_format(name: str) -> str:
+    """A format's short label (its ``short_name``; the name itself for an unknown format)."""
+    from passes.formats import format_names, get_format
+
+    return (get_format(name).short_name or name) if name in format_names() else name
 
 
 def choices_str(choices: dict[str, dict[str, Any]] | None) -> str:
@@ -93,7 +105,7 @@ def choices_str(choices: dict[str, dict[str, Any]] | None) -> str:
     fmts: dict[str, int] = {}
     sparse: dict[str, int] = {}
     for c in choices.values():
-        f = f"{_SHORT_FORMAT.get(c['format'], c['format'])}{c['width']}"
+        f = f"{_short_format(c['format'])}{c['width']}"
         if c.get("frac_width") not in (None, "auto"):
             f += f"/f{c['frac_width']}"
         fmts[f] = fmts.get(f, 0) + 1
@@ -128,6 +140,8 @@ def summarize(storage, study_names: Iterable[str]) -> list[dict[str, Any]]:
         counts["reused"] = sum(t.state == TrialState.COMPLETE and t.user_attrs.get("reused_from") is not None
                                for t in trials)
         best = best_trials(study)
+        tied = [{"trial": t.number, "accuracy": t.user_attrs.get("accuracy"),
+                 "test_accuracy": t.user_attrs.get("test_accuracy")} for t in best] if len(study.directions) == 1 else []
         if len(study.directions) == 1:
             # of tied trials, the earliest with a saved graph (with several workers an earlier-numbered
             # trial can finish later, tie, and save none), else the earliest
@@ -140,6 +154,7 @@ def summarize(storage, study_names: Iterable[str]) -> list[dict[str, Any]]:
             "directions": [d.name.lower() for d in study.directions],
             "trials": counts,
             "best": [_trial_row(t) for t in best],
+            **({"tied": tied} if len(tied) > 1 else {}),
             **({"compress_after_nas": study.user_attrs["compress_after_nas"]}
                if "compress_after_nas" in study.user_attrs else {}),
         })
@@ -161,7 +176,7 @@ def _mb(v: Any) -> str:
 def format_summary(summary: list[dict[str, Any]]) -> str:
     """A plain-text table: one line per study's best trial (several for a Pareto front)."""
     early = any(s["trials"].get("early_stopped") for s in summary)
-    head = ["study", "done/fail/pruned" + ("/early-stopped" if early else ""), "best", "acc", "acc_trained",
+    head = ["study", "done/fail/pruned" + ("/early-stopped" if early else ""), "best", "acc", "test", "acc_trained",
             "acc_compr", "acc_ft", "arch", "params", "fp32 MB", "compr MB", "s"]
     # compressed trials: the zeros from pruning and from rounding, and per-node formats when searched
     # only when some best trial has zeros to show (an uncompressed model has none: no all-0.0 columns)
@@ -175,14 +190,14 @@ def format_summary(summary: list[dict[str, Any]]) -> str:
         counts = f"{c['complete']}/{c['fail']}/{c['pruned']}" + (f"/{c.get('early_stopped', 0)}" if early else "")
         front = len(s["directions"]) > 1
         if not s["best"]:
-            rows.append([s["study"], counts, "-", *["-"] * (9 + len(extra))])
+            rows.append([s["study"], counts, "-", *["-"] * (10 + len(extra))])
         for i, b in enumerate(s["best"]):
             cost = b["cost"] or {}
             sp = b.get("sparsity") or {}
             rows.append([
                 s["study"] if i == 0 else "", counts if i == 0 else "",
                 f"{'pareto ' if front else ''}#{b['trial']}",
-                _fmt(b["accuracy"]), _fmt(b["accuracy_trained"]), _fmt(b["accuracy_compressed"]),
+                _fmt(b["accuracy"]), _fmt(b.get("test_accuracy")), _fmt(b["accuracy_trained"]), _fmt(b["accuracy_compressed"]),
                 _fmt(b["accuracy_finetuned"]), _arch_str(b["arch"]), _fmt(cost.get("params")),
                 _mb(cost.get("size_bytes_fp32")), _mb(_compressed(cost)), _fmt(b["seconds"], ".1f"),
                 *([_pct(sp.get("pruned_fraction")), _pct(sp.get("rounding_zero_fraction_of_kept")),
@@ -192,6 +207,8 @@ def format_summary(summary: list[dict[str, Any]]) -> str:
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += ["", "acc: validation accuracy, selected on (optimistic: the best of several noisy trials); test: the "
+                  "same model on the test split" + _test_rows(summary) + ", never used for selection"]
     if sparse:
         lines += ["", "pruned: weights pruned; round0: weights kept by pruning that quantisation rounds to zero "
                       "(of the kept ones); zeros: effective sparsity (every zero weight); of the non-embedding "
@@ -199,12 +216,28 @@ def format_summary(summary: list[dict[str, Any]]) -> str:
     if early:
         lines += ["", "pruned: unbuildable architectures (not trained, not counted in n_trials); early-stopped: "
                       "stopped by the pruner mid-training (counted in n_trials)"]
+    for s in summary:
+        if s.get("tied"):
+            lines.append(f"{s['study']}: {len(s['tied'])} trials tie for best; their test accuracies: " + ", ".join(
+                f"#{t['trial']} {_fmt(t['test_accuracy'])}" for t in s["tied"]))
     return "\n".join(lines + _format_compress_after_nas(summary))
+
+
+def _test_rows(summary: list[dict[str, Any]]) -> str:
+    """`` (N rows, standard error about x)`` for the test split of the best trials: the binomial SE at their
+    mean test accuracy (empty when unknown)."""
+    ns = {b.get("test_n") for s in summary for b in s["best"] if b.get("test_n")}
+    accs = [b["test_accuracy"] for s in summary for b in s["best"] if b.get("test_accuracy") is not None]
+    if len(ns) != 1 or not accs:
+        return ""
+    n, p = ns.pop(), sum(accs) / len(accs)
+    return f" ({n} rows, standard error about {(p * (1 - p) / n) ** 0.5:.3f})"
 
 
 def _format_compress_after_nas(summary: list[dict[str, Any]]) -> list[str]:
     """Compress-after-NAS (the best baseline graph, compressed afterwards) beside the compression-aware bests."""
     best_of = {s["study"]: (s["best"][0]["accuracy"] if s["best"] else None) for s in summary}
+    test_of = {s["study"]: (s["best"][0].get("test_accuracy") if s["best"] else None) for s in summary}
     lines = []
     for s in summary:
         r = s.get("compress_after_nas")
@@ -213,10 +246,11 @@ def _format_compress_after_nas(summary: list[dict[str, Any]]) -> list[str]:
         if not lines:
             lines = ["", "compress-after-NAS (best baseline graph, compressed afterwards) vs compression-aware search:"]
         parts = [f"  {s['study']} #{r['trial']} ({_arch_str(r.get('arch'))}): trained {_fmt(r.get('accuracy_trained'))}",
-                 f"compressed {_fmt(r.get('accuracy_compressed'))}"]
+                 f"compressed {_fmt(r.get('accuracy_compressed'))} (test {_fmt(r.get('test_accuracy_compressed'))})"]
         if "accuracy_finetuned" in r:
-            parts.append(f"fine-tuned {_fmt(r.get('accuracy_finetuned'))}")
-        aware = [f"{name} best {_fmt(best_of.get(name))}" for name in r.get("compared_with", {}).values()]
+            parts.append(f"fine-tuned {_fmt(r.get('accuracy_finetuned'))} (test {_fmt(r.get('test_accuracy_finetuned'))})")
+        aware = [f"{name} best {_fmt(best_of.get(name))} (test {_fmt(test_of.get(name))})"
+                 for name in r.get("compared_with", {}).values()]
         lines.append(", ".join(parts) + "; compression-aware: " + ", ".join(aware))
     return lines
 
@@ -240,6 +274,7 @@ def write_trials_csv(storage, study_names: Iterable[str], path: Path) -> Path:
         except KeyError:
             continue
         interrupted = interrupted_numbers(study.get_trials(deepcopy=False))
+        best = {t.number for t in best_trials(study)}  # the held-out figure belongs to the final best trials
         for t in study.get_trials(deepcopy=False):
             ua = t.user_attrs
             arch = ua.get("arch") or {}
@@ -250,7 +285,9 @@ def write_trials_csv(storage, study_names: Iterable[str], path: Path) -> Path:
                 **{k: arch.get(k) for k in MODEL_PARAMS}, "n_identity": arch.get("n_identity"),
                 "identity": " ".join(arch.get("identity") or []),
                 **({"shrink": json.dumps(ua["shrink"], sort_keys=True)} if ua.get("shrink") else {}),
-                "accuracy": ua.get("accuracy"), "accuracy_trained": ua.get("accuracy_trained"),
+                "accuracy": ua.get("accuracy"),
+                "test_accuracy": ua.get("test_accuracy") if t.number in best else None, "best": t.number in best,
+                "accuracy_trained": ua.get("accuracy_trained"),
                 "accuracy_compressed": ua.get("accuracy_compressed"), "accuracy_finetuned": ua.get("accuracy_finetuned"),
                 "values": " ".join(map(str, t.values)) if t.values else "",
                 **{f"cost.{k}": v for k, v in cost.items()},

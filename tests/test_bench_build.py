@@ -36,7 +36,12 @@ def test_build_writes_every_buildable_architecture_once_per_seed(fake_training, 
         for i in range(2):
             tr, co, ft = (table.value(arch, i, m) for m in ("trained", "compressed", "finetuned"))
             assert co == pytest.approx(tr - 0.1) and ft == pytest.approx(tr - 0.05)
-    assert len(fake_training.calls) == 6 * 3
+            # the same models on the test split (the fake scores it 0.01 lower; it cannot tell a fine-tuned
+            # graph evaluated without training from a compressed one)
+            test = [table.array(m, "test")[table.arch_index[arch], i] for m in ("trained", "compressed", "finetuned")]
+            assert test == pytest.approx([tr - 0.01, co - 0.01, co - 0.01])
+    assert len(fake_training.calls) == 6 * 3 and len(fake_training.test_calls) == 6 * 3
+    assert table.has_test and table.manifest["preregistration"] == {}
 
 
 def test_killed_build_resumes_without_losing_a_row(fake_training, tmp_path, monkeypatch):
@@ -73,3 +78,35 @@ def test_cli_build_bad_seeds_is_one_line(tmp_path, capsys):
     code = main(["bench", "build", "--config", str(tmp_path / "x.toml"), "--out", str(tmp_path / "o"), "--seeds", "0,0"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "--seeds = '0,0'" in err
+
+
+def test_preregistration_goes_into_the_manifest_and_is_locked(fake_training, tmp_path):
+    from search.bench.plan import BenchPlan
+
+    cfg = bench_config()
+    cfg.bench = BenchPlan.from_dict({"seeds": [0], "primary": ["q3:compressed:random:5:greater"]}, "bench")
+    build_table(cfg, tmp_path / "t", seeds=[0])
+    manifest = BenchTable.load(tmp_path / "t").manifest
+    assert manifest["preregistration"]["primary"] == ["q3:compressed:random:5:greater"]
+    changed = bench_config()
+    changed.bench = BenchPlan.from_dict({"seeds": [0], "primary": ["q3:compressed:random:10:greater"]}, "bench")
+    with pytest.raises(SearchError, match="preregistration"):
+        build_table(changed, tmp_path / "t", seeds=[0])
+
+
+def test_cli_build_seeds_must_match_the_preregistered_ones(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[search]\nname = "b"\n\n[bench]\nseeds = [0, 1, 2, 3, 4, 5]\n')
+    code = main(["bench", "build", "--config", str(cfg), "--out", str(tmp_path / "o"), "--seeds", "0,1,2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "differs from the pre-registered bench.seeds" in err
+
+
+def test_the_heldout_config_preregisters_its_design():
+    from pathlib import Path
+
+    from search.config import load_run_config
+
+    cfg = load_run_config(Path(__file__).resolve().parents[1] / "examples" / "bench_lab2_heldout.toml")
+    assert cfg.bench.seeds == [0, 1, 2, 3, 4, 5] and cfg.data.n_test >= 5000 and cfg.train.precision == "fp32"
+    assert cfg.bench.primary == ["q3:compressed:random:5:greater"] and cfg.bench.seed_mode == "run"

@@ -1,6 +1,8 @@
 """Model families: every encoder and decoder classifier ``ModelConfig`` builds traces, matches eager,
 trains, and compresses with Lab 2's pipeline; GPT-2's ``Conv1D`` becomes ``nn.Linear``; fused QKV and
-GQA metadata; the ``--model-type`` / ``--kv-heads`` flags; untraceable models name the failing module.
+GQA metadata; the ``--model-type`` / ``--kv-heads`` flags; untraceable models name the failing module;
+every family's adapter (``mase_lite.families``) finds its layers and projections and reads its
+architecture back, and its one head-layout check serves the config, the search space and the tables.
 
 Configs are tiny (1 layer, 32 wide, 500-token vocabulary) and each family is traced once per module.
 """
@@ -15,7 +17,8 @@ from torch import nn
 
 from _compression_helpers import LAB2_PRUNE, LINEAR_8_4, reference_graph
 from mase_lite import ConfigError, TraceError, trace
-from mase_lite.models import MODEL_TYPES, ModelConfig, build_model, example_inputs, is_decoder_classifier
+from mase_lite.families import family, head_layout_problem
+from mase_lite.models import ARCH_FIELDS, MODEL_TYPES, ModelConfig, build_model, example_inputs, is_decoder_classifier
 from mase_lite.tracing import linearise_conv1d
 from mase_lite.training import TrainConfig, train
 from passes import run_pass, run_pipeline
@@ -250,3 +253,78 @@ def test_untraceable_model_names_the_module_and_what_failed():
     assert "could not trace _Untraceable" in msg
     assert "in module 'enc.1' (_Block)" in msg
     assert "data-dependent" in msg
+
+
+# --------------------------------------------------------------------------- family adapters
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_every_family_has_an_adapter_that_reads_its_architecture(model_type):
+    from search.space import describe_graph, layer_indices
+
+    model, graph = _built(model_type)
+    fam = family(model_type)
+    assert model_type in fam.model_types
+    roles: dict[str, set[str]] = {"attention": set(), "ffn": set()}
+    for path in linear_modules(model):
+        for kind, found in roles.items():
+            role = fam.role(path, kind)
+            if role is not None:
+                assert role[0] == "0", path  # the one layer
+                found.add(role[1])
+    assert roles["attention"] in ({"q", "k", "v", "o"}, {"qkv", "o"})
+    assert roles["ffn"] in ({"up", "down"}, {"glu", "down"}, {"gate", "up", "down"})
+    seen = describe_graph(graph)
+    assert {k: seen[k] for k in (*ARCH_FIELDS, "heads_per_layer")} == {
+        "num_hidden_layers": 1, "num_attention_heads": 4, "hidden_size": 32, "intermediate_size": 64,
+        "heads_per_layer": {0: 4}}
+    assert layer_indices(graph) == [0]
+    assert fam.head_dim(graph.model_info["hf_config"]) == 8
+
+
+@pytest.mark.parametrize("kwargs, want", [
+    (dict(hidden_size=30, num_attention_heads=4, path="model"),
+     "model.hidden_size = 30 is not divisible by model.num_attention_heads = 4; each head needs hidden_size / "
+     "num_attention_heads dimensions"),
+    (dict(hidden_size=30, num_attention_heads=4),
+     "hidden_size 30 is not divisible by num_attention_heads 4 (each head needs hidden_size / num_attention_heads "
+     "dimensions)"),
+    (dict(hidden_size=24, num_attention_heads=8, model_type="llama"),
+     "hidden_size / num_attention_heads = 3 must be even for model_type 'llama' (rotary position embeddings)"),
+    (dict(hidden_size=24, num_attention_heads=8, model_type="modernbert", path="model"),
+     "model.hidden_size / model.num_attention_heads = 3 must be even for model_type 'modernbert' (rotary position "
+     "embeddings)"),
+    (dict(hidden_size=24, num_attention_heads=8, model_type="bert"), None),
+    (dict(hidden_size=24, num_attention_heads=8, model_type="mistral"), None),  # no adapter: the generic check
+    (dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=3, model_type="llama", path="model"),
+     "model.num_key_value_heads = 3 does not divide model.num_attention_heads = 4; each key/value head serves a "
+     "whole group of query heads"),
+    (dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, model_type="roberta", path="model"),
+     "model.num_key_value_heads is only for model_type llama (grouped-query attention), not 'roberta'; remove it"),
+])
+def test_head_layout_problem(kwargs, want):
+    assert head_layout_problem(**kwargs) == want
+
+
+def test_one_head_layout_check_serves_the_config_the_space_and_the_tables():
+    import optuna
+
+    from search.bench.table import ARCH_PARAMS, buildable
+    from search.space import MODEL_PARAMS, InvalidArchitecture, ModelSpace, SpaceConfig, invalid_reason
+
+    assert MODEL_PARAMS is ARCH_PARAMS is ARCH_FIELDS
+    for hidden, heads in ((30, 4), (32, 4), (24, 8), (16, 3)):
+        p = {"hidden_size": hidden, "num_attention_heads": heads}
+        assert buildable(p) == (invalid_reason(p) is None) == (head_layout_problem(hidden, heads) is None) \
+            == (hidden % heads == 0)
+    with pytest.raises(ConfigError, match=r"model\.hidden_size / model\.num_attention_heads = 3 must be even"):
+        ModelConfig.from_dict({**family_config("llama").to_dict(), "hidden_size": 24, "num_attention_heads": 8},
+                              path="model")
+    # the space asks its base's family: a Llama base prunes an odd head size instead of failing to build it
+    space = ModelSpace(SpaceConfig(num_hidden_layers=[1], num_attention_heads=[8], hidden_size=[24, 32],
+                                   intermediate_size=[16]), family_config("llama"))
+    assert space.n_valid() == 1
+    params = {"num_hidden_layers": 1, "num_attention_heads": 8, "hidden_size": 24, "intermediate_size": 16}
+    with pytest.raises(InvalidArchitecture, match=r"= 3 must be even for model_type 'llama'"):
+        space.suggest(optuna.trial.FixedTrial(params))
+    assert space.suggest(optuna.trial.FixedTrial({**params, "hidden_size": 32})).hidden_size == 32

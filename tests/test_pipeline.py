@@ -27,7 +27,7 @@ class ScaleConfig(Config):
     fail_after_edit: bool = False
 
 
-@register_pass("_test_scale", ScaleConfig, kind="transform")
+@register_pass("_test_scale", ScaleConfig, kind="transform", example={"factor": 3.0})
 def _test_scale(graph: MaseGraph, config: ScaleConfig):
     changed = []
     for node in list(graph.nodes):
@@ -41,8 +41,7 @@ def _test_scale(graph: MaseGraph, config: ScaleConfig):
                 mul = graph.fx_graph.call_function(torch.ops.aten.mul.Tensor, (node, scale))
             node.replace_all_uses_with(mul, delete_user_cb=lambda u: u is not mul)
             changed.append(node.name)
-    graph.recompile()
-    if config.fail_after_edit:
+    if config.fail_after_edit:  # no graph.recompile(): the runner recompiles after every transform
         raise RuntimeError("boom after editing")
     return graph, {"changed": changed}
 
@@ -217,7 +216,7 @@ class WriteConfig(Config):
     fail: bool = False
 
 
-@register_pass("_test_write", WriteConfig, kind="transform")
+@register_pass("_test_write", WriteConfig, kind="transform", example={})
 def _test_write(graph: MaseGraph, config: WriteConfig):
     w = graph.gm.get_parameter("classifier.weight")
     if config.in_place:
@@ -312,3 +311,82 @@ def test_config_instances_are_validated_like_dicts(graph):
     with pytest.raises(ConfigError, match=r"cost\.batch_size = 0 is out of range"):
         run_pipeline(graph, [("cost", bad)])
     assert graph.history == []
+
+
+# --------------------------------------------------------------------------- what the runner does for every transform
+
+
+@dataclass
+class MisorderConfig(Config):
+    """Test transform: with ``broken``, move the first linear node before its inputs (the graph no longer lints)."""
+
+    broken: bool = False
+
+
+@register_pass("_test_misorder", MisorderConfig, kind="transform", example={})
+def _test_misorder(graph: MaseGraph, config: MisorderConfig):
+    if config.broken:
+        first = next(iter(graph.nodes))
+        first.prepend(next(n for n in graph.nodes if graph.meta(n).op == "linear"))
+    return graph, {}
+
+
+def test_the_runner_recompiles_and_annotates_after_a_transform(graph):
+    """``_test_scale`` edits ``graph.gm.graph`` and returns without recompiling: the code and the node
+    metadata the runner hands back are the edited graph's."""
+    x = _x()
+    ref = graph(**x).logits
+    run_pass(graph, "_test_scale", {"factor": 3.0})
+    scaled = [n for n in graph.nodes if n.target is torch.ops.aten.mul.Tensor
+              and any(a.op == "get_attr" and str(a.target).endswith("test_scale") for a in n.all_input_nodes)]
+    assert len(scaled) == 1 and scaled[0].name in graph.gm.code
+    assert graph.meta(scaled[0]).op == "elementwise"  # the new node was annotated by the runner
+    torch.testing.assert_close(graph(**x).logits, 3.0 * ref)
+
+
+def test_a_transform_that_leaves_a_graph_that_does_not_lint_is_refused(graph):
+    x = _x()
+    ref = graph(**x).logits
+    code, nodes = graph.gm.code, [n.name for n in graph.nodes]
+    with pytest.raises(PassError, match=r"pass '_test_misorder' left a graph that does not lint .*nothing was changed"):
+        run_pass(graph, "_test_misorder", {"broken": True})
+    assert graph.gm.code == code and [n.name for n in graph.nodes] == nodes and graph.history == []
+    assert torch.equal(graph(**x).logits, ref)
+    run_pass(graph, "_test_misorder", {})  # the same pass leaving a valid graph is committed
+    assert [h[0] for h in graph.history] == ["_test_misorder"]
+
+
+@dataclass
+class FactConfig(Config):
+    """Test passes declaring requirements: ``fact`` is what ``_test_needs`` requires."""
+
+    fact: str = "calibration"
+
+
+@register_pass("_test_gives_calibration", FactConfig, kind="analysis", provides=("calibration",), example={})
+def _test_gives_calibration(graph: MaseGraph, config: FactConfig):
+    return graph, {}
+
+
+@register_pass("_test_needs", FactConfig, kind="analysis", requires=lambda cfg: [cfg.fact], example={})
+def _test_needs(graph: MaseGraph, config: FactConfig):
+    return graph, {}
+
+
+def test_requirements_are_declared_by_passes_not_looked_up_by_name():
+    from passes import get_pass
+    from passes.analysis.calibrate import pipeline_needs_calibration
+    from passes.pipeline import unmet_requirements
+
+    auto = {"by": "type", "linear": {"config": {"name": "integer", "data_in_width": 8, "data_in_frac_width": "auto"}}}
+    fixed = {"by": "type", "linear": {"config": {"name": "integer", "data_in_width": 8, "data_in_frac_width": 4}}}
+    assert get_pass("quantize").requirements(auto) == {"calibration"} and get_pass("quantize").requirements(fixed) == set()
+    assert get_pass("calibrate").provides == ("calibration",)
+    assert unmet_requirements([("_test_needs", {"fact": "x"}), ("_test_needs", {}), ("_test_needs", {"fact": "x"})]) \
+        == ["x", "calibration"]
+    assert unmet_requirements([("_test_gives_calibration", {}), ("_test_needs", {}), ("quantize", auto)]) == []
+    # calibration is decided by the declarations: any pass requiring it, any pass providing it
+    assert pipeline_needs_calibration([("_test_needs", {})])
+    assert not pipeline_needs_calibration([("_test_gives_calibration", {}), ("quantize", auto)])
+    assert pipeline_needs_calibration([("quantize", auto), ("_test_gives_calibration", {})])
+    assert not pipeline_needs_calibration([("quantize", fixed)])

@@ -204,6 +204,33 @@ def test_per_layer_heads_pass_the_architecture_check_and_a_mismatch_fails(checkp
         check_architecture(g, {**arch, "layers_kept": [0, 3]})
 
 
+@pytest.mark.parametrize("model_type, fixed, heads", [
+    ("albert", {"shrink:num_layers": 2, "shrink:heads": 2, "shrink:ffn": 20}, {"0": 2, "2": 2}),
+    ("deberta-v2", {"shrink:num_layers": 2, "shrink:heads:0": 1, "shrink:heads:2": 3, "shrink:ffn": 20},
+     {"0": 1, "2": 3}),
+])
+def test_shrink_space_and_architecture_check_on_albert_and_deberta(model_type, fixed, heads):
+    """ALBERT (one shared layer: one head count for every layer, ``shrink:heads``) and DeBERTa (heads
+    folded into the batch) shrink from a 3-layer base and pass the architecture check; a wrong
+    per-layer head count fails it."""
+    from search.lifecycle import Lifecycle
+    from search.space import ShrinkSpace, ShrinkSpaceConfig
+    from test_shrink import built
+
+    _, g = built(model_type)
+    dims = {"model_type": model_type, "num_hidden_layers": 3, "num_attention_heads": 4, "hidden_size": 32,
+            "intermediate_size": 48}
+    space = ShrinkSpace(ShrinkSpaceConfig(num_layers=[2, 3], heads=[1, 2, 3, 4], ffn=[20, 48]), dims)
+    g, choices = space.suggest(optuna.trial.FixedTrial(fixed), g, Lifecycle())
+    assert choices == {"num_layers": 2, "layers_kept": [0, 2], "heads": heads, "ffn": 20}
+    values = sorted(set(heads.values()))
+    arch = {"num_hidden_layers": 2, "layers_kept": [0, 2], "heads_per_layer": heads, "hidden_size": 32,
+            "num_attention_heads": values[0] if len(values) == 1 else values, "intermediate_size": 20}
+    assert check_architecture(g, arch)["heads_per_layer"] == {int(k): v for k, v in heads.items()}
+    with pytest.raises(ArchitectureMismatch, match="layer 2 sampled 4, graph has"):
+        check_architecture(g, {**arch, "heads_per_layer": {**heads, "2": 4}})
+
+
 # --------------------------------------------------------------------------- config
 
 

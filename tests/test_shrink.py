@@ -22,7 +22,7 @@ from mase_lite import ConfigError, MaseGraph, trace
 from mase_lite.models import MODEL_TYPES, build_model, example_inputs
 from passes import PassContext, run_pass, run_pipeline
 from passes.transforms.shrink import spread_indices
-from search.space import describe_graph
+from search.space import describe_graph, layer_indices
 
 D, H, HIDDEN, FFN, LAYERS = 8, 4, 32, 48, 3
 #: the families parametrised over (RoBERTa and ELECTRA have BERT's layer code, module paths aside)
@@ -197,8 +197,10 @@ def test_removing_heads_equals_zeroing_their_output_columns(model_type, impl):
         _zero_columns(model, O_PROJ[model_type].format(i=key), [h * D + j for h in heads for j in range(D)])
     x = padded_inputs(model)
     torch.testing.assert_close(logits(g, x), logits(model, x), atol=1e-5, rtol=1e-5)
-    if model_type not in ("albert", "deberta-v2"):  # describe_graph reads no per-layer heads there
-        got = describe_graph(g)["heads_per_layer"]
+    got = describe_graph(g)["heads_per_layer"]
+    if model_type == "albert":  # one shared layer: every layer (call) lost the same heads
+        assert got == {i: H - 2 for i in range(LAYERS)}
+    else:
         assert got == {i: H - len(remove.get(str(i), [])) for i in range(LAYERS)}
 
 
@@ -238,6 +240,37 @@ def test_albert_shrink_layers_saves_macs_but_no_parameters():
     model.config.num_hidden_layers = 2  # the shared layer applied twice
     x = padded_inputs(model)
     torch.testing.assert_close(logits(g, x), logits(model, x), atol=1e-5, rtol=1e-5)
+
+
+def test_albert_heads_per_layer_follow_its_shared_layer():
+    """ALBERT's layers are calls of one shared layer (key "0"): one cut, every layer has the heads left."""
+    _, g = built("albert")
+    g, info = run_pass(g, "prune_heads", {"keep": 1})
+    p = "albert.encoder.albert_layer_groups.0.albert_layers.0.attention."
+    s = shapes(g)
+    assert [s[p + q + ".weight"] for q in ("query", "key", "value")] == [(D, HIDDEN)] * 3
+    assert [s[p + q + ".bias"] for q in ("query", "key", "value")] == [(D,)] * 3
+    assert s[p + "dense.weight"] == (HIDDEN, D)
+    assert info["params_removed"] == (H - 1) * (3 * (D * HIDDEN + D) + HIDDEN * D)  # once: the weights are shared
+    seen = describe_graph(g)
+    assert (seen["heads_per_layer"], seen["num_attention_heads"], seen["num_hidden_layers"]) == ({0: 1, 1: 1, 2: 1}, 1, 3)
+    g, _ = run_pass(g, "shrink_layers", {"keep": [0, 2]})
+    assert describe_graph(g)["heads_per_layer"] == {0: 1, 2: 1} and layer_indices(g) == [0, 2]
+
+
+def test_deberta_heads_per_layer_are_read_from_its_folded_attention():
+    """DeBERTa attends on [batch * heads, seq, head_dim]: the heads per layer still come back exactly."""
+    _, g = built("deberta-v2")
+    g, info = run_pass(g, "prune_heads", {"keep": {"0": 1, "2": 3}})
+    s = shapes(g)
+    for i, heads in ((0, 1), (1, 4), (2, 3)):
+        p = f"deberta.encoder.layer.{i}.attention."
+        for q in ("query_proj", "key_proj", "value_proj"):
+            assert (s[p + "self." + q + ".weight"], s[p + "self." + q + ".bias"]) == ((heads * D, HIDDEN), (heads * D,))
+        assert s[p + "output.dense.weight"] == (HIDDEN, heads * D)
+    assert info["params_removed"] == 4 * (3 * (D * HIDDEN + D) + HIDDEN * D)
+    seen = describe_graph(g)
+    assert seen["heads_per_layer"] == {0: 1, 1: 4, 2: 3} and seen["num_attention_heads"] == [1, 3, 4]
 
 
 # ------------------------------------------------------------------------------------------ rankings

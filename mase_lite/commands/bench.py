@@ -3,7 +3,8 @@
 Subcommands, each added by one ``add_<name>`` function listed in :data:`SUBCOMMANDS`:
 
 * ``replay`` — replay a search config's samplers against a table (no training) and write the
-  statistics (regret, paired tests, noise floor, Lab 2's questions 2 and 3) and figures.
+  statistics (held-out regret, paired tests at the level of training runs, noise, Lab 2's questions
+  2 and 3) and figures.
 
 * ``build`` — train every architecture of a config's space with several seeds into a table
   (:mod:`search.bench.build`).
@@ -35,9 +36,15 @@ def add_replay(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--table", type=Path, required=True, help="table directory (table.csv + manifest.json)")
     p.add_argument("--config", type=Path, required=True, help="search config TOML (as for `mase-lite search`)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--seeds", default="200", metavar="N", help="replay seeds 0..N-1 per sampler (default 200)")
-    p.add_argument("--budgets", default="5,10,20,50", help="trial budgets compared, comma-separated (default "
-                   "5,10,20,50; those above the number of architectures are dropped); runs last max(budgets) trials")
+    p.add_argument("--seeds", default=None, metavar="SEEDS",
+                   help="replay seeds per sampler: N (0..N-1), A-B (A to B) or a,b,c (default: the table's "
+                        "pre-registered replay_seeds, else 200)")
+    p.add_argument("--seed-mode", default=None, dest="seed_mode",
+                   help="training seeds of a replay run: run (one for every architecture, as a live study) or "
+                        "arch (one per architecture) (default: the table's pre-registered seed_mode, else run)")
+    p.add_argument("--budgets", default=None, help="trial budgets compared, comma-separated (default: the table's "
+                   "pre-registered budgets, else 5,10,20,50; those above the number of architectures are dropped); "
+                   "runs last max(budgets) trials")
     p.add_argument("--metric", help="accuracy searched on: trained, compressed or finetuned (default: from "
                                     "search.variants: baseline -> trained, compress -> compressed, "
                                     "compress_finetune -> finetuned; one replay per metric)")
@@ -45,6 +52,9 @@ def add_replay(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE", dest="overrides",
                    help="override a config value, VALUE in TOML syntax; repeatable")
     p.set_defaults(run=run_replay)
+
+
+from search.bench.plan import SEEDS_FORMS, parse_seeds  # noqa: E402,F401  (the CLI's --seeds forms)
 
 
 def _positive_int(name: str, raw: Any) -> int:
@@ -86,41 +96,27 @@ def _write_runs_csv(path: Path, runs: list[dict[str, list]]) -> Path:
     return path
 
 
-def run_replay(args: argparse.Namespace) -> int:
+def _replay_settings(args: argparse.Namespace, plan: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """Replay seeds and budgets from the options, else the table's pre-registered ones, else the defaults;
+    sets ``args.seeds``, ``args.budgets`` and ``args.seed_mode`` to what is used."""
     from mase_lite.config import check_choice
-    from mase_lite.errors import ConfigError
-    from search.bench import plots
+    from search.bench.heldout import SEED_MODES
+
+    args.seeds = args.seeds if args.seeds is not None else str(plan.get("replay_seeds", "200"))
+    args.budgets = args.budgets if args.budgets is not None else ",".join(map(str, plan.get("budgets", [5, 10, 20, 50])))
+    args.seed_mode = args.seed_mode or plan.get("seed_mode", "run")
+    seeds, budgets = parse_seeds(args.seeds), parse_budgets(args.budgets)
+    check_choice("--seed-mode", args.seed_mode, list(SEED_MODES))
+    return seeds, budgets
+
+
+def _question3_runs(table: Any, runs: dict[str, dict[str, list]], objectives: dict[str, list[str]], seeds: list[int],
+                    n_trials: int, common: dict[str, Any]) -> tuple[dict[tuple[str, str], list], dict[str, dict[str, list]]]:
+    """Question 3's replays: tpe and random searched on every metric, single-objective (reusing the search's
+    runs where they are the same); returns them and the extra runs made."""
     from search.bench.replay import default_objectives, replay_many
-    from search.bench.stats import analyse, format_summary, to_jsonable, valid_budgets
-    from search.bench.table import METRIC_COLUMNS, VARIANT_METRICS, BenchTable, check_compatible
-    from search.config import load_run_config
-    from search.samplers import parse_sampler
+    from search.bench.table import METRIC_COLUMNS
 
-    from .search import parse_overrides
-
-    n_seeds = _positive_int("--seeds", args.seeds)
-    budgets = parse_budgets(args.budgets)
-    workers = _positive_int("--workers", args.workers) if args.workers is not None else None
-    if args.metric is not None:
-        check_choice("--metric", args.metric, list(METRIC_COLUMNS))
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} exists and is not a directory")
-    table = BenchTable.load(args.table)
-    cfg = load_run_config(args.config, parse_overrides(args.overrides))
-    metrics = [args.metric] if args.metric else list(dict.fromkeys(VARIANT_METRICS[v] for v in cfg.search.variants))
-    check_compatible(table, cfg, cfg.search.samplers, metrics)
-    samplers = [parse_sampler(s)[0] for s in cfg.search.samplers]
-    n_trials = max(budgets)
-    if not valid_budgets(budgets, table.n_archs, n_trials):
-        raise ConfigError(f"--budgets = {args.budgets!r}: every budget exceeds the {table.n_archs} buildable architectures "
-                          f"of the table; use budgets up to {table.n_archs}")
-    seeds = list(range(n_seeds))
-    objectives = {s: cfg.search.objectives_for(s) for s in samplers}
-    common = dict(options=cfg.search.sampler_options, space_config=cfg.space, workers=workers, progress=True)
-    log.info("replaying %s on %s for %d seeds, %d trials each", ", ".join(samplers), ", ".join(metrics), n_seeds, n_trials)
-    runs = {m: replay_many(table, samplers, seeds, n_trials, m, objectives=objectives, desc=f"replay {m}", **common)
-            for m in metrics}
-    # Question 3: tpe and random searched on every metric, single-objective (reusing runs where they are the same)
     q3_runs: dict[tuple[str, str], list] = {}
     extra: dict[str, dict[str, list]] = {}
     for m in METRIC_COLUMNS:
@@ -133,9 +129,52 @@ def run_replay(args: argparse.Namespace) -> int:
         if todo:
             extra[m] = replay_many(table, todo, seeds, n_trials, m, desc=f"question 3, {m}", **common)
             q3_runs.update({(s, m): r for s, r in extra[m].items()})
+    return q3_runs, extra
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from mase_lite.config import check_choice
+    from mase_lite.errors import ConfigError
+    from search.bench import plots
+    from search.bench.replay import replay_many
+    from search.bench.stats import analyse, format_summary, to_jsonable, valid_budgets
+    from search.bench.table import METRIC_COLUMNS, VARIANT_METRICS, BenchTable, check_compatible
+    from search.config import load_run_config
+    from search.samplers import parse_sampler
+
+    from search.bench.stats import preregistered
+
+    from .search import parse_overrides
+
+    table = BenchTable.load(args.table)
+    plan = table.manifest.get("preregistration") or {}  # a pre-registered table's defaults
+    seeds, budgets = _replay_settings(args, plan)
+    workers = _positive_int("--workers", args.workers) if args.workers is not None else None
+    if args.metric is not None:
+        check_choice("--metric", args.metric, list(METRIC_COLUMNS))
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} exists and is not a directory")
+    cfg = load_run_config(args.config, parse_overrides(args.overrides))
+    metrics = [args.metric] if args.metric else list(dict.fromkeys(VARIANT_METRICS[v] for v in cfg.search.variants))
+    check_compatible(table, cfg, cfg.search.samplers, metrics)
+    samplers = [parse_sampler(s)[0] for s in cfg.search.samplers]
+    n_trials = max(budgets)
+    if not valid_budgets(budgets, table.n_archs, n_trials):
+        raise ConfigError(f"--budgets = {args.budgets!r}: every budget exceeds the {table.n_archs} buildable architectures "
+                          f"of the table; use budgets up to {table.n_archs}")
+    objectives = {s: cfg.search.objectives_for(s) for s in samplers}
+    common = dict(options=cfg.search.sampler_options, space_config=cfg.space, workers=workers, progress=True,
+                  seed_mode=args.seed_mode)
+    log.info("replaying %s on %s for %d seeds (one training seed per %s), %d trials each", ", ".join(samplers),
+             ", ".join(metrics), len(seeds), args.seed_mode, n_trials)
+    runs = {m: replay_many(table, samplers, seeds, n_trials, m, objectives=objectives, desc=f"replay {m}", **common)
+            for m in metrics}
+    q3_runs, extra = _question3_runs(table, runs, objectives, seeds, n_trials, common)
     stats = analyse(table, runs, budgets, q3_runs)
     stats["config"] = str(args.config)
+    stats["command"] = _command_line()
     clean = to_jsonable(stats)
+    clean["preregistered"] = to_jsonable(preregistered(clean, plan))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     files = {
@@ -159,6 +198,13 @@ def run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_line() -> str:
+    import shlex
+    import sys
+
+    return "mase-lite " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+
+
 # --------------------------------------------------------------------------- the command
 
 #: ``add_<name>(bsub)`` for every ``bench`` subcommand; ``add_build`` goes here.
@@ -176,11 +222,24 @@ def add_build(bsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", type=Path, required=True, help="search config TOML ([space], [data], [train], ...)")
     p.add_argument("--out", type=Path, required=True, help="table directory")
-    p.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default 0,1,2)")
+    p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default: the config's "
+                   "pre-registered [bench] seeds, else 0,1,2)")
     p.add_argument("--storage", help="Optuna RDB URL shared by the workers (default sqlite:///DIR/optuna.db)")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE", dest="overrides",
                    help="override a config value, VALUE in TOML syntax; repeatable")
     p.set_defaults(run=run_build)
+
+
+def _training_seeds(raw: str) -> list[int]:
+    from mase_lite.errors import ConfigError
+
+    try:
+        seeds = [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds = {raw!r}: give distinct integers separated by commas, e.g. 0,1,2")
+    return seeds
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -193,13 +252,13 @@ def run_build(args: argparse.Namespace) -> int:
 
     from .search import _log_file, parse_overrides
 
-    try:
-        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds = {args.seeds!r}: give distinct integers separated by commas, e.g. 0,1,2")
+    seeds = _training_seeds(args.seeds) if args.seeds is not None else None
     cfg = load_run_config(args.config, parse_overrides(args.overrides))
+    planned = list(cfg.bench.seeds) if cfg.bench is not None else None
+    if seeds is not None and planned is not None and seeds != planned:
+        raise ConfigError(f"--seeds = {args.seeds!r} differs from the pre-registered bench.seeds = {planned} of "
+                          f"{args.config}; drop --seeds (or change [bench] before the build starts)")
+    seeds = seeds or planned or [0, 1, 2]
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} exists and is not a directory")
     command = "mase-lite " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""

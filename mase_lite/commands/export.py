@@ -3,14 +3,19 @@
 ``--format compact`` (default): integer codes, bit-packed, masks as bits, in safetensors, plus an
 ``export.json`` manifest; ``MaseGraph.load(DIR)`` reads it back (bit-identical outputs). The command
 prints the measured bytes beside the ``cost`` pass's prediction, per group. ``--format onnx``:
-``model.onnx`` for ONNX Runtime (QDQ nodes; needs the ``deploy`` extra). An uncompressed graph
-exports as plain fp32, and the command says so.
+``model.onnx`` for ONNX Runtime (QDQ nodes; needs the ``deploy`` extra): a faithful simulation
+(``onnx.json``: ``kind = "simulation"``), not a fast model. ``--format onnx --deployable``: the fast
+model of the ``dynamic_int8`` scheme (``kind = "deployable"``; :mod:`passes.export.deployable`),
+refusing any node it cannot make fast (named, with the reason) and never writing a model that
+disagrees with the simulation. An uncompressed graph exports as plain fp32, and the command says so.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from ..errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory (created)")
     p.add_argument("--format", choices=["compact", "onnx"], default="compact",
                    help="compact (safetensors integer codes, default) or onnx (ONNX Runtime)")
+    p.add_argument("--deployable", action="store_true",
+                   help="onnx only: write the fast model of the dynamic_int8 scheme (ONNX Runtime's integer kernels: "
+                        "DynamicQuantizeMatMul, QAttention, int8 embeddings; fused layer norms), checked against the "
+                        "simulation before it is written; any node that cannot run fast is refused, named, with the "
+                        "reason. Without it, onnx is the faithful QDQ simulation (kind = simulation), not a fast model")
     p.add_argument("--check", action="store_true",
                    help="after exporting, run the export on random inputs and compare with the graph "
                         "(compact: bit-identical; onnx: with onnxruntime, max |logit difference|)")
@@ -51,9 +61,9 @@ def _check(graph, args, report) -> None:
             same = torch.equal(back(**inputs).logits, ref)
         print(f"check: loaded export {'is bit-identical to' if same else 'DIFFERS from'} the graph on 4 random rows")
     else:
-        from passes.export.onnx import ort_session
+        from passes.export.onnx import deploy_session, ort_session
 
-        sess = ort_session(report["path"])
+        sess = deploy_session(report["path"]) if report.get("kind") == "deployable" else ort_session(report["path"])
         out = sess.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
         diff = float(abs(torch.from_numpy(out) - ref).max())
         print(f"check: onnxruntime vs graph on 4 random rows: max |logit difference| {diff:.3g}")
@@ -64,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..graph import MaseGraph
 
+    if args.deployable and args.format != "onnx":
+        raise ConfigError("--deployable is for --format onnx (the compact format is not a runtime model)")
     graph = MaseGraph.load(args.graph_dir)
-    report = export_graph(graph, args.out, format=args.format)
+    options = {"deployable": True} if args.deployable else {}
+    report = export_graph(graph, args.out, format=args.format, **options)
     if not report["compressed"]:
         print("note: the graph has no quantised or pruned tensors; exported as plain fp32")
     if args.format == "compact":
@@ -82,6 +95,14 @@ def run(args: argparse.Namespace) -> int:
             counts[t["encoding"]] = counts.get(t["encoding"], 0) + 1
         print("encodings: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
         print(f"load with: MaseGraph.load({str(args.out)!r})")
+    elif report.get("kind") == "deployable":
+        chk = report["check"]
+        print(f"onnx (deployable): {report['path']} ({report['file_bytes']} B, opset {report['opset']})")
+        print("ops: " + ", ".join(f"{k} x{v}" for k, v in report["ops"].items()))
+        print(f"checked against the simulation on {chk['rows']} random rows: {chk['labels_agree']}/{chk['rows']} labels "
+              f"agree, max |logit difference| {chk['max_logit_diff']:.3g}")
+        if report["session_config"]:
+            print(f"session options needed on this CPU: {report['session_config']} (passes.export.onnx.deploy_session)")
     else:
         print(f"onnx: {report['path']} ({report['file_bytes']} B, opset {report['opset']}, "
               f"{len(report['compressed_nodes'])} compressed nodes, "

@@ -13,6 +13,10 @@ The config file (TOML)::
     [passes.quantize]                         # the passes, run in document order (passes.pipeline)
     ...
 
+``--graph DIR`` starts from a saved graph instead (the output of ``mase-lite train --out DIR``, or
+``DIR/graph`` of an earlier transform): no tracing, the graph's recorded passes stay, and the
+config's passes run after them -- so a trained model is compressed from the CLI.
+
 Writes ``DIR/graph/`` (``MaseGraph.save``; ``MaseGraph.load`` restores it) and ``DIR/report.json``:
 per node its precision and achieved weight sparsity, the ``cost`` totals, each pass's info and the
 accuracy when evaluated. Every key is checked before anything runs: a typo is one error naming it.
@@ -84,6 +88,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation even if [data] is given")
     p.add_argument("--device", help="eval.device: auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--graph", type=Path, metavar="DIR",
+                   help="start from a saved graph (e.g. the output of 'mase-lite train' or of another transform) "
+                        "instead of tracing a model; its recorded passes are kept and the config's run after them")
     add_model_args(p)
     p.set_defaults(run=run)
 
@@ -138,6 +145,24 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _load_saved_graph(path: Path, cfg: TransformFile, checkpoint: Optional[Path]):
+    """``--graph DIR``: the saved graph (MaseGraph.load), which replaces any model source; a [data]
+    table without a tokenizer takes the one the graph was trained with (its training.json)."""
+    from ..graph import MaseGraph
+
+    if checkpoint is not None or cfg.model is not None:
+        raise ConfigError("--graph starts from a saved graph; give no checkpoint, --checkpoint or [model] table with it")
+    if not (path / "graph.json").is_file() and not (path / "export.json").is_file():
+        raise ConfigError(f"--graph {path}: not a saved graph directory (no graph.json); give the directory "
+                          "'mase-lite train --out' or 'mase-lite transform' (DIR/graph) wrote")
+    record = path / "training.json"
+    if cfg.data is not None and cfg.data.tokenizer is None and record.is_file():
+        tok = (json.loads(record.read_text()).get("data") or {}).get("tokenizer")
+        if tok:
+            cfg.data = cfg.data.replace(tokenizer=tok)
+    return MaseGraph.load(path).eval()
+
+
 def run(args: argparse.Namespace) -> int:
     from passes import run_pass, run_pipeline
 
@@ -146,7 +171,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     checkpoint = args.checkpoint or (Path(cfg.checkpoint) if cfg.checkpoint else None)
-    if checkpoint is not None:
+    saved = getattr(args, "graph", None)
+    if saved is not None:
+        model = _load_saved_graph(saved, cfg, checkpoint)
+    elif checkpoint is not None:
         if cfg.model is not None:
             raise ConfigError("give either --checkpoint or a [model] table, not both")
         model = load_checkpoint(checkpoint, getattr(args, "num_labels", None), getattr(args, "pooling", None)).eval()
@@ -165,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
 
         splits = default_lifecycle().load_data(cfg.data, model)
 
-    graph = trace(model, example_inputs(model))
+    graph = model if saved is not None else trace(model, example_inputs(model))
     pipeline, context = with_calibration(graph, {"passes": cfg.passes}, splits,
                                          seed=cfg.data.seed if cfg.data is not None else 0)
     graph, infos = run_pipeline(graph, pipeline, context=context)
@@ -175,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "model": graph.model_info.get("class"),
         "checkpoint": str(checkpoint) if checkpoint else None,
+        "graph": str(saved) if saved is not None else None,
         "passes": [name for name, _ in graph.history],
         "history": [{"name": n, "config": c} for n, c in graph.history],
         "nodes": node_rows(graph),

@@ -17,14 +17,13 @@ Batches are dicts of graph inputs (a ``labels`` entry is ignored); the graph run
 without gradients and is left as it was (mode, code, tensors; the call counters of seeded random
 activation pruning are restored). The first ``num_batches`` batches are used.
 
-Persistence: the ranges are written back into the pass's config (``ranges``), and the pass is a
+Persistence: the pass returns the measured ranges as its decision ``ranges``, and it is a
 *recorded* analysis pass, so the history keeps them and ``MaseGraph.load`` restores the metadata
 without data. Given ``ranges`` (a replay), the pass writes them and reads no data.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from typing import Any, Optional
@@ -36,7 +35,7 @@ from mase_lite.config import Config, check_range
 from mase_lite.errors import ConfigError
 from mase_lite.graph import MaseGraph
 
-from ..registry import PassContext, register_pass
+from ..registry import PassContext, PassExample, PassResult, example_context, register_pass
 from ..transforms.compressed_nodes import (
     compressed_input_node,
     get_tensor,
@@ -55,10 +54,13 @@ RANGE_KEYS = ("min", "max", "absmax")
 @dataclasses.dataclass
 class CalibrateConfig(Config):
     """``num_batches`` batches of the context's data; ``ranges`` (node -> role -> {min, max, absmax})
-    is filled in by the pass (given, it is written without running data)."""
+    is filled in by the pass (given, it is written without running data). Measured ranges may be
+    infinite (an activation that overflowed); they are recorded and replayed as measured, so
+    ``ranges`` takes non-finite values (the formats using them decide: see ``auto_frac_width``)."""
 
     num_batches: int = 8
-    ranges: Optional[dict[str, dict[str, dict[str, float]]]] = None
+    ranges: Optional[dict[str, dict[str, dict[str, float]]]] = dataclasses.field(default=None,
+                                                                                  metadata={"finite": False})
 
     def validate(self, path: str = "") -> None:
         p = f"{path}." if path else ""
@@ -74,14 +76,6 @@ class CalibrateConfig(Config):
                 if missing:
                     raise ConfigError(f"missing config key {p}ranges.{node}.{role}.{missing[0]} (a range has "
                                       "min, max and absmax)")
-
-
-def set_annotation(graph: MaseGraph, node: fx.Node, key: str, value: Any) -> None:
-    """Set ``annotations[key]`` of a node copy-on-write: graph copies share their NodeMeta objects
-    (fx copies node metadata shallowly), so editing one in place would change every copy."""
-    meta = copy.copy(graph.meta(node))
-    meta.annotations = {**meta.annotations, key: value}
-    node.meta["mase"] = meta
 
 
 def _quantisable(node: fx.Node) -> bool:
@@ -179,22 +173,25 @@ def _placeholder_names(graph: MaseGraph) -> list[str]:
     return [str(t) for t in names]
 
 
-@register_pass("calibrate", CalibrateConfig, kind="analysis", takes_context=True, recorded=True)
-def calibrate(graph: MaseGraph, config: CalibrateConfig, context: PassContext) -> tuple[MaseGraph, dict[str, Any]]:
+@register_pass("calibrate", CalibrateConfig, kind="analysis", takes_context=True, recorded=True,
+               provides=(ANNOTATION,), example=PassExample({"num_batches": 2}, context=example_context))
+def calibrate(graph: MaseGraph, config: CalibrateConfig, context: PassContext) -> PassResult:
     """Record per-node value ranges (data_in / data_out from data, weight / bias from the tensors)."""
-    if config.ranges is None:
+    ranges, decisions = config.ranges, None
+    if ranges is None:
         if context.batches is None:
             raise ConfigError("calibrate needs data: run_pass(graph, 'calibrate', config, "
                               "context=PassContext(batches=<iterable of input dicts>)) (or give calibrate.ranges)")
-        config.ranges = _measure(graph, context.batches, config.num_batches)
+        ranges = _measure(graph, context.batches, config.num_batches)
+        decisions = {"ranges": ranges}
     names = {n.name: n for n in graph.nodes}
-    for name in config.ranges:
+    for name in ranges:
         if name not in names:
             raise ConfigError(f"calibrate.ranges.{name}: no node of that name in this graph")
-    for name, roles in config.ranges.items():
-        set_annotation(graph, names[name], ANNOTATION, {r: dict(v) for r, v in roles.items()})
-    rows = [{"node": n, "module": module_path(graph, names[n]), **roles} for n, roles in config.ranges.items()]
-    return graph, {"nodes": rows, "num_nodes": len(rows)}
+    for name, roles in ranges.items():
+        graph.set_annotation(names[name], ANNOTATION, {r: dict(v) for r, v in roles.items()})
+    rows = [{"node": n, "module": module_path(graph, names[n]), **roles} for n, roles in ranges.items()]
+    return PassResult(graph, {"nodes": rows, "num_nodes": len(rows)}, decisions)
 
 
 # ------------------------------------------------------------------------------------------
@@ -202,32 +199,13 @@ def calibrate(graph: MaseGraph, config: CalibrateConfig, context: PassContext) -
 
 
 def pipeline_needs_calibration(pipeline: Any) -> bool:
-    """Whether some ``quantize`` step of ``pipeline`` (anything :func:`passes.parse_pipeline`
-    takes) has an activation format that needs calibrated ranges (integer ``frac_width = "auto"``,
-    scaled_integer without a ``scale``). Conservative: it reads the configs, not the graph, so an
-    entry whose roles a ``resolved`` override already fixes, or a role its op does not use, still
-    counts (the calibration then runs needlessly; it never leaves one out that is needed)."""
-    from ..pipeline import parse_pipeline
-    from ..transforms.quantize import OP_ROLES, WEIGHT_ROLES, QuantizeConfig
+    """Whether a step of ``pipeline`` (anything :func:`passes.parse_pipeline` takes) requires
+    ``"calibration"`` (what this pass provides) before any step provides it: the passes' declared
+    requirements (:func:`passes.pipeline.unmet_requirements`; ``quantize`` requires it when an
+    activation format needs calibrated ranges), not their names."""
+    from ..pipeline import unmet_requirements
 
-    for name, cfg in parse_pipeline(pipeline):
-        if name == "calibrate":
-            return False  # the pipeline calibrates itself (before any later quantize step)
-        if name != "quantize":
-            continue
-        qc = cfg if isinstance(cfg, QuantizeConfig) else QuantizeConfig.from_dict(dict(cfg or {}), path="quantize")
-        entries = [e.config for e in qc.entries.values()] + ([qc.default.config] if qc.default else [])
-        for entry in entries:
-            if not entry.active:
-                continue
-            for role, fmt in entry.roles.items():
-                if role in WEIGHT_ROLES or not any(role in r for r in OP_ROLES.values()):
-                    continue
-                try:
-                    fmt.resolve(tensor=None, absmax=None)
-                except ConfigError:
-                    return True
-    return False
+    return ANNOTATION in unmet_requirements(pipeline)
 
 
 def calibration_batches(dataset: Any, pad_id: int = 0, *, num_batches: int = 8, batch_size: int = 32,

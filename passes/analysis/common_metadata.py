@@ -18,7 +18,7 @@ class CommonMetadataConfig(Config):
     """No options: the pass always annotates every node."""
 
 
-@register_pass("add_common_metadata", CommonMetadataConfig, kind="analysis")
+@register_pass("add_common_metadata", CommonMetadataConfig, kind="analysis", example={})
 def add_common_metadata(graph: MaseGraph, config: CommonMetadataConfig) -> tuple[MaseGraph, dict[str, Any]]:
     """Annotate every node with op kind, module, shapes, dtypes and parameters; info counts op kinds."""
     md.annotate(graph.gm)

@@ -157,7 +157,7 @@ _SUMS = ("params", "nonzero", "pruned", "rounding_zeros", "size_bytes_fp32", "si
          "size_bytes_compressed")
 
 
-@register_pass("cost", CostConfig, kind="analysis")
+@register_pass("cost", CostConfig, kind="analysis", example={"batch_size": 2, "seq_len": 16})
 def cost(graph: MaseGraph, config: CostConfig) -> tuple[MaseGraph, dict[str, Any]]:
     """Per-node and total parameters, MACs, weight bits, non-zeros and fp32 / quantised / sparse sizes."""
     b, s = config.batch_size, config.seq_len

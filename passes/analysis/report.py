@@ -46,7 +46,7 @@ def _shape(meta: md.NodeMeta) -> str:
     return "[" + ", ".join(str(d) for d in meta.outputs[0].shape) + "]"
 
 
-@register_pass("report_graph", ReportConfig, kind="analysis")
+@register_pass("report_graph", ReportConfig, kind="analysis", example={"by": "node"})
 def report_graph(graph: MaseGraph, config: ReportConfig) -> tuple[MaseGraph, dict[str, Any]]:
     """Rows per node (or module) with op kind, output shape, parameters and MACs, plus totals and a text table."""
     b, s = config.batch_size, config.seq_len

@@ -4,7 +4,10 @@
 * :func:`export_graph` ``(graph_or_dir, out_dir, format="compact" | "onnx")``;
 * :func:`load_export` (also reached through ``MaseGraph.load`` on an export directory);
 * :mod:`.integer`: quantised linears computed from integer codes, exact accumulation;
-* :mod:`.onnx`: QDQ ONNX models for ONNX Runtime (needs the ``deploy`` extra).
+* :mod:`.onnx`: QDQ ONNX models for ONNX Runtime (needs the ``deploy`` extra): a faithful
+  simulation (``kind = "simulation"``), not a fast model;
+* :mod:`.deployable`: the ``dynamic_int8`` scheme as ONNX Runtime's integer kernels
+  (``export_graph(g, out, format="onnx", deployable=True)``, ``kind = "deployable"``).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ from ..formats.scaled_integer import ScaledIntegerFormat, _work_dtype
 from . import packing
 from ..transforms.compressed_nodes import get_tensor, is_embedding, is_linear, linear_mask_node
 
-__all__ = ["Codec", "IntegerCodec", "ScaledIntegerCodec", "MinifloatCodec", "BlockFPCodec", "codec_for", "codec_from_dict", "TensorRole",
+__all__ = ["Codec", "FormatCodec", "IntegerCodec", "ScaledIntegerCodec", "MinifloatCodec", "BlockFPCodec", "codec_for", "codec_from_dict", "TensorRole",
            "tensor_roles"]
 
 log = logging.getLogger(__name__)
@@ -287,6 +287,25 @@ class BlockFPCodec(Codec):
         return v.to(dtype).reshape(shape)
 
 
+class FormatCodec(Codec):
+    """The codec of a format that stores its own codes (``NumberFormat.to_codes`` / ``code_params`` /
+    ``from_codes``, e.g. ``dynamic_int8``): a new format needs nothing here."""
+
+    def __init__(self, fmt: NumberFormat, channel_dim: Optional[int] = None):
+        super().__init__(fmt, channel_dim)
+        self.name = fmt.name
+        self.param_names = tuple(fmt.code_param_names)
+
+    def codes(self, x):
+        return self.format.to_codes(x.detach(), self.channel_dim)
+
+    def params(self, x):
+        return self.format.code_params(x.detach(), self.channel_dim)
+
+    def from_codes(self, codes, params, dtype, shape):
+        return self.format.from_codes(codes, dict(params), dtype, tuple(shape), self.channel_dim)
+
+
 _CODECS = {IntegerFormat: IntegerCodec, ScaledIntegerFormat: ScaledIntegerCodec, MinifloatFormat: MinifloatCodec,
            BlockFPFormat: BlockFPCodec}
 
@@ -296,8 +315,14 @@ def codec_for(spec: Any, channel_dim: Optional[int]) -> "Codec | NumberFormat | 
     fmt = format_from_spec(spec)
     if fmt is None:
         return None
-    cls = _CODECS.get(type(fmt))
+    cls = _codec_class(fmt)
     return fmt if cls is None else cls(fmt, channel_dim)
+
+
+def _codec_class(fmt: NumberFormat) -> Optional[type]:
+    """The built-in codec of a format, else :class:`FormatCodec` if the format stores its own codes."""
+    cls = _CODECS.get(type(fmt))
+    return FormatCodec if cls is None and type(fmt).has_codes() else cls
 
 
 def codec_from_dict(d: Mapping[str, Any], path: str = "format") -> Codec:
@@ -308,10 +333,13 @@ def codec_from_dict(d: Mapping[str, Any], path: str = "format") -> Codec:
         fmt = format_from_dict(d, path)
     except MaseError as exc:
         raise MaseError(f"{path}: cannot decode this format: {exc}") from None
-    cls = _CODECS.get(type(fmt))
+    cls = _codec_class(fmt)
     if cls is None:
+        from ..formats import format_names, get_format
+
+        decodable = [n for n in format_names() if get_format(n) in _CODECS or get_format(n).has_codes()]
         raise MaseError(f"{path}.name = {d.get('name')!r} has no integer-code decoder; decodable: "
-                        "'integer', 'scaled_integer', 'minifloat', 'block_fp'")
+                        f"{', '.join(map(repr, decodable))}")
     return cls(fmt, channel_dim)
 
 

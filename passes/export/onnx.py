@@ -1,5 +1,9 @@
 """ONNX export of (compressed) graphs for ONNX Runtime: QDQ nodes with power-of-two scales.
 
+This is the *simulation* export (``onnx.json``: ``kind = "simulation"``): faithful, not fast (see
+the README's speed table). ``export_onnx(graph, out_dir, deployable=True)`` writes the fast model of
+the ``dynamic_int8`` scheme instead (:mod:`passes.export.deployable`, ``kind = "deployable"``).
+
 ``export_onnx(graph, out_dir)`` writes ``model.onnx`` (inputs as the graph's, e.g. ``input_ids``,
 ``attention_mask``, int64, dynamic batch and sequence; output ``logits``) and ``onnx.json`` (what was
 exported, the opset, the refusal-free node list). Each compressed node becomes:
@@ -58,7 +62,16 @@ from ..transforms.sparsity import num_to_prune
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_onnx", "onnx_available", "check_exportable", "ort_session", "ONNX_FILE", "OPSET"]
+__all__ = ["export_onnx", "onnx_available", "check_exportable", "ort_session", "ONNX_FILE", "OPSET", "export_deployable",
+           "check_deployable", "deploy_session"]
+
+
+def __getattr__(name: str):  # the deployable export's API, re-exported here (imported on first use)
+    if name in ("export_deployable", "check_deployable", "deploy_session"):
+        from . import deployable
+
+        return getattr(deployable, name)
+    raise AttributeError(name)
 
 ONNX_FILE = "model.onnx"
 OPSET = 21
@@ -397,9 +410,22 @@ class _Logits(nn.Module):
         return out.logits if hasattr(out, "logits") else out[0]
 
 
-def export_onnx(graph: MaseGraph, out_dir: str | Path, *, opset: int = OPSET) -> dict[str, Any]:
-    """Write ``graph`` as ``out_dir/model.onnx`` for ONNX Runtime (module doc); returns a report with
-    ``compressed`` (False: a plain fp32 model), the file size and the export time."""
+def export_onnx(graph: MaseGraph, out_dir: str | Path, *, opset: int = OPSET, deployable: bool = False,
+                **options: Any) -> dict[str, Any]:
+    """Write ``graph`` as ``out_dir/model.onnx`` for ONNX Runtime; returns a report with ``kind``,
+    ``compressed`` (False: a plain fp32 model), the file size and the export time.
+
+    ``deployable=False``: this module's faithful QDQ simulation (``kind = "simulation"``: the
+    compressed graph's arithmetic in float ops, not a fast model). ``deployable=True``: the
+    ``dynamic_int8`` scheme as ONNX Runtime's integer kernels (``kind = "deployable"``;
+    :func:`passes.export.deployable.export_deployable`, which takes ``options``), refusing with one
+    MaseError naming the node anything that cannot run fast, and checked against the simulation."""
+    if deployable:
+        from .deployable import export_deployable
+
+        return export_deployable(graph, out_dir, opset=opset, **options)
+    if options:
+        raise TypeError(f"unexpected options for the simulation ONNX export: {sorted(options)}")
     if not onnx_available():
         raise MaseError("ONNX export needs the deploy extra: pip install 'mase-lite[deploy]' "
                         "(onnx, onnxruntime, onnxscript)")
@@ -436,7 +462,8 @@ def export_onnx(graph: MaseGraph, out_dir: str | Path, *, opset: int = OPSET) ->
     ops: dict[str, int] = {}
     for n in model.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    report = {"format": "onnx", "path": str(path), "opset": opset, "compressed": bool(compressed_nodes),
+    report = {"format": "onnx", "kind": "simulation", "path": str(path), "opset": opset,
+              "compressed": bool(compressed_nodes),
               "compressed_nodes": compressed_nodes, "file_bytes": path.stat().st_size, "ops": ops,
               "export_s": round(seconds, 2), "input_names": list(graph.input_names),
               "ort_disabled_optimizers": list(ORT_DISABLED_OPTIMIZERS)}

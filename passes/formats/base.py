@@ -37,6 +37,7 @@ from torch import Tensor
 
 from mase_lite.config import Config, _suggest
 from mase_lite.errors import ConfigError
+from mase_lite.registry import Registry
 
 __all__ = [
     "ROLES",
@@ -71,6 +72,16 @@ class FormatConfig(Config):
     """Parameters of one number format (fields) and its registry key (``name``, a ClassVar)."""
 
     name: ClassVar[str] = ""
+    #: Whether search samples a fraction width for this format (``integer``'s fixed point).
+    takes_frac_width: ClassVar[bool] = False
+
+    @classmethod
+    def search_fields(cls, role: str, width: int, *, frac_width: Any = None,
+                      granularity: str = "per_channel") -> Optional[dict[str, Any]]:
+        """The fields of ``role`` for a search choice of ``width`` bits (``search/space.py``): a dict of
+        ``<field>: value`` (empty: the format's defaults), or None if the format does not take the role.
+        A width the format cannot take is a ConfigError. Default: ``{"width": width}``."""
+        return {"width": int(width)}
 
     # Error paths follow Config's convention: a field is named ``f"{path}.{field}"``.
     def validate(self, path: str = "") -> None:
@@ -121,6 +132,15 @@ class NumberFormat(ABC):
     #: Whether ``quantize`` acts element by element (so ``q(W)[i] == q(W[i])``: an embedding may
     #: quantise only the rows it looks up). Formats with shared scales or exponents set False.
     elementwise: ClassVar[bool] = False
+    #: The tensor roles the format can be given for (the ``quantize`` pass refuses others by name).
+    roles: ClassVar[tuple[str, ...]] = ROLES
+    #: A short label for summaries and tables (``int8``, ``sint8``, ...: the label, then the bits).
+    short_name: ClassVar[str] = ""
+    #: Whether ONNX Runtime runs this format as integer kernels (``mase-lite export --deployable``;
+    #: every other format is refused there, with the node and the reason).
+    deployable: ClassVar[bool] = False
+    #: Names of the per-tensor arrays :meth:`code_params` returns (formats that store integer codes).
+    code_param_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: FormatConfig) -> None:
         if not isinstance(config, self.config_cls):
@@ -164,6 +184,35 @@ class NumberFormat(ABC):
         """Bits stored once per tensor/channel/block besides the elements (scales, shared exponents)."""
         return 0
 
+    def exact_linear(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], weight_format: Any,
+                     weight_mask: Optional[Tensor] = None) -> Optional[Tensor]:
+        """A linear layer with this input format and ``weight_format`` computed as the deployed integer
+        kernel computes it (used in inference, with no activation pruning), or None: the generic
+        path, ``F.linear(q(x), q(w) * mask, b)``. Default None."""
+        return None
+
+    # ---------------------------------------------------------------- integer codes (compact export)
+    # A format stores a tensor as int64 codes plus the arrays of :attr:`code_param_names` and decodes
+    # them back to exactly ``quantize(x)``. Formats without these methods are decoded by the codecs of
+    # :mod:`passes.export.codecs` (the built-in ones) or cannot be stored as codes.
+    def to_codes(self, x: Tensor, channel_dim: Optional[int]) -> Tensor:
+        """The integer codes of ``x`` (int64, ``x``'s shape)."""
+        raise NotImplementedError(f"the {self.name!r} format has no integer codes")
+
+    def code_params(self, x: Tensor, channel_dim: Optional[int]) -> dict[str, Tensor]:
+        """The arrays the codes of ``x`` need to be decoded (e.g. scales)."""
+        return {}
+
+    def from_codes(self, codes: Tensor, params: dict[str, Tensor], dtype: torch.dtype, shape: tuple[int, ...],
+                   channel_dim: Optional[int]) -> Tensor:
+        """``quantize(x)`` back from :meth:`to_codes` and :meth:`code_params`."""
+        raise NotImplementedError(f"the {self.name!r} format has no integer codes")
+
+    @classmethod
+    def has_codes(cls) -> bool:
+        """Whether the format implements :meth:`to_codes` / :meth:`from_codes` itself."""
+        return cls.to_codes is not NumberFormat.to_codes
+
     # ---------------------------------------------------------------- plain forms
     def to_dict(self) -> dict[str, Any]:
         """For reports and saved history: ``{"name": ..., <fields>}``."""
@@ -206,7 +255,8 @@ class _STE(torch.autograd.Function):
 
 # --------------------------------------------------------------------------------- registry
 
-_FORMATS: dict[str, type[NumberFormat]] = {}
+#: name -> format class; a name taken by another class is a DuplicateRegistration (mase_lite.registry).
+_FORMATS: Registry[type[NumberFormat]] = Registry("number format")
 
 
 def register_format(config_cls: type[FormatConfig]) -> Callable[[type[NumberFormat]], type[NumberFormat]]:
@@ -216,11 +266,9 @@ def register_format(config_cls: type[FormatConfig]) -> Callable[[type[NumberForm
         raise ValueError(f"{config_cls.__name__} has no name")
 
     def deco(fmt_cls: type[NumberFormat]) -> type[NumberFormat]:
-        if name in _FORMATS and _FORMATS[name] is not fmt_cls:
-            raise ValueError(f"number format {name!r} is already registered")
+        _FORMATS.register(name, fmt_cls)  # first: a taken name changes nothing
         fmt_cls.config_cls = config_cls
         fmt_cls.name = name
-        _FORMATS[name] = fmt_cls
         format_from_spec.cache_clear()
         return fmt_cls
 

@@ -85,6 +85,10 @@ class BlockFPConfig(FormatConfig):
 
     name: ClassVar[str] = "block_fp"
 
+    @classmethod
+    def search_fields(cls, role, width, *, frac_width=None, granularity="per_channel"):
+        return {"mantissa_width": int(width) - 1}
+
     mantissa_width: int = 7
     exponent_width: int = 8
     bias: Optional[int] = None
@@ -135,6 +139,7 @@ def _divisors(n: int) -> list[int]:
 class BlockFPFormat(NumberFormat):
     """The :class:`BlockFPConfig` format (see the module docstring for the exact semantics)."""
 
+    short_name = "bfp"
     elementwise: ClassVar[bool] = False
 
     def __init__(self, config: BlockFPConfig) -> None:

@@ -209,6 +209,11 @@ class IntegerConfig(FormatConfig):
     round half to even or ``floor``."""
 
     name = "integer"
+    takes_frac_width = True
+
+    @classmethod
+    def search_fields(cls, role, width, *, frac_width=None, granularity="per_channel"):
+        return {"width": int(width), "frac_width": frac_width if frac_width is not None else "auto"}
     width: int
     frac_width: Union[int, Literal["auto"]]
     floor: bool = False
@@ -238,6 +243,7 @@ class IntegerConfig(FormatConfig):
 class IntegerFormat(NumberFormat):
     """MASE's fixed point: ``clamp(round(x 2^f), -2^(w-1), 2^(w-1)-1) / 2^f`` (module docstring)."""
 
+    short_name = "int"
     elementwise = True
 
     def __init__(self, config: IntegerConfig) -> None:

@@ -83,6 +83,11 @@ MANTISSA_WIDTHS = (0, 13)
 _F32_MAX_EXP, _F32_MIN_SUB_EXP = 127, -149
 
 
+#: Widths a search may choose for minifloat, and the exponent/mantissa split each means (8: e4m3, as
+#: fp8_e4m3's layout; 16: e5m10, IEEE half's layout).
+SEARCH_WIDTHS = {8: (4, 3), 16: (5, 10)}
+
+
 @dataclasses.dataclass
 class MinifloatConfig(FormatConfig):
     """``name = "minifloat"``: a ``preset`` or ``exponent_width`` + ``mantissa_width`` (and optionally
@@ -93,6 +98,14 @@ class MinifloatConfig(FormatConfig):
     """
 
     name: ClassVar[str] = "minifloat"
+
+    @classmethod
+    def search_fields(cls, role, width, *, frac_width=None, granularity="per_channel"):
+        if width not in SEARCH_WIDTHS:
+            raise ConfigError(f"space.compression.widths: the minifloat format takes widths {sorted(SEARCH_WIDTHS)}, "
+                              f"not {width}")
+        e, m = SEARCH_WIDTHS[width]
+        return {"exponent_width": e, "mantissa_width": m}
 
     preset: Optional[str] = None
     exponent_width: Optional[int] = None
@@ -170,6 +183,7 @@ def _pow2(k: Tensor, dtype: torch.dtype) -> Tensor:
 class MinifloatFormat(NumberFormat):
     """The :class:`MinifloatConfig` format (see the module docstring for the exact semantics)."""
 
+    short_name = "fp"
     elementwise: ClassVar[bool] = True
 
     def __init__(self, config: MinifloatConfig) -> None:

@@ -58,6 +58,10 @@ class ScaledIntegerConfig(FormatConfig):
     set from calibration; leave it unset for weights, whose scale comes from the tensor)."""
 
     name = "scaled_integer"
+
+    @classmethod
+    def search_fields(cls, role, width, *, frac_width=None, granularity="per_channel"):
+        return {"width": int(width), **({"granularity": granularity} if role == "weight" else {})}
     width: int
     granularity: Literal["per_tensor", "per_channel"] = "per_tensor"
     scale: Optional[float] = None
@@ -110,6 +114,7 @@ def _work_dtype(x: Tensor) -> torch.dtype:
 class ScaledIntegerFormat(NumberFormat):
     """Symmetric int with a per-tensor/per-channel scale ``amax / qmax`` (see the module docstring)."""
 
+    short_name = "sint"
     elementwise = False
 
     def __init__(self, config: ScaledIntegerConfig) -> None:

@@ -19,7 +19,7 @@ from torch import fx
 from mase_lite.errors import ConfigError, PassError
 from mase_lite.graph import MaseGraph
 
-from .ops import compressed_embedding, compressed_linear, compressed_sdpa, quantize_prune_input
+from .ops import compressed_embedding, compressed_linear, compressed_sdpa, has_exact_linear, quantize_prune_input
 
 T = TypeVar("T")
 
@@ -215,6 +215,8 @@ def refresh_shared_inputs(graph: MaseGraph) -> int:
             continue
         if not _deterministic(s):
             continue
+        if has_exact_linear(s["data_in"]):
+            continue  # such a linear quantises its own input, to compute from the integer codes
         key = (node.args[0], s["data_in"], s["act_prune"], s["ste"])
         groups.setdefault(key, []).append(node)
     shared = 0

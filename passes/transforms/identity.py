@@ -67,7 +67,8 @@ def _square(graph: MaseGraph, node: fx.Node) -> bool:
     return i == o
 
 
-@register_pass("replace_linear_with_identity", IdentityConfig, kind="transform")
+@register_pass("replace_linear_with_identity", IdentityConfig, kind="transform",
+               example={"all_square": True})
 def replace_linear_with_identity(graph: MaseGraph, config: IdentityConfig) -> tuple[MaseGraph, dict[str, Any]]:
     """Replace the chosen square linear nodes by identities (y = x) and drop their parameters."""
     nodes = linear_nodes(graph)
@@ -132,6 +133,5 @@ def replace_linear_with_identity(graph: MaseGraph, config: IdentityConfig) -> tu
         if t is not None:
             removed += t.numel() if name in owner._parameters else 0
             delattr(owner, name)
-    graph.recompile()
     log.info("replace_linear_with_identity: %d nodes replaced", len(replaced))
     return graph, {"replaced": replaced, "params_removed": removed}

@@ -266,6 +266,17 @@ def _reference(x: torch.Tensor, spec, channel_dim: Optional[int] = None) -> torc
     return x if fmt is None else fmt.reference(x, channel_dim=channel_dim)
 
 
+def has_exact_linear(spec) -> bool:
+    """Whether ``spec`` is a (non-integer) format with its own inference arithmetic for linears
+    (:meth:`~passes.formats.NumberFormat.exact_linear`); cheap for integer tuples and None."""
+    if spec is None or isinstance(spec, QSpec):
+        return False
+    if isinstance(spec, tuple) and not (len(spec) == 2 and isinstance(spec[0], str)):
+        return False  # an integer (width, frac_width[, floor]) spec
+    fmt = format_from_spec(spec)
+    return type(fmt).exact_linear is not NumberFormat.exact_linear
+
+
 def compressed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                       weight_mask: Optional[torch.Tensor] = None, *, data_in=None, weight_q=None, bias_q=None,
                       data_out=None, act_prune=None, ste: str = "plain", prepared_input: bool = False,
@@ -279,6 +290,11 @@ def compressed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     :func:`quantize_prune_input` node shared by several linears reading the same tensor with the
     same settings (``data_in``/``act_prune`` then only describe the node).
     """
+    if bias_q is None and not prepared_input and not torch.is_grad_enabled() and has_exact_linear(data_in) \
+            and _prune_spec(act_prune) is None:
+        y = format_from_spec(data_in).exact_linear(x, weight, bias, format_from_spec(weight_q), weight_mask)
+        if y is not None:  # the deployed integer kernel's arithmetic (e.g. dynamic_int8)
+            return quantize_activation(y, data_out, ste)
     # with no autograd graph being recorded, the quantised input dies right after the matmul, so it
     # may live in scratch memory (with one, the matmul saves it for the weight gradient)
     xq = x if prepared_input else _input_path(x, data_in, act_prune, ste, scratch_out=not torch.is_grad_enabled(),

@@ -207,7 +207,9 @@ def _set_activation_stream(graph: MaseGraph, node: fx.Node, seed: int, offset: i
     update_kwargs(node, act_seed=(int(seed), int(offset)), act_calls=calls)
 
 
-@register_pass("prune", PruneConfig, kind="transform")
+@register_pass("prune", PruneConfig, kind="transform",
+               example={"weight": {"sparsity": 0.5, "method": "l1-norm", "scope": "local"},
+                        "activation": {"sparsity": 0.25, "method": "random"}})
 def prune(graph: MaseGraph, config: PruneConfig) -> tuple[MaseGraph, dict[str, Any]]:
     """Prune linear weights (persistent masks) and activations (every forward pass), MASE's config format."""
     nodes = linear_nodes(graph)
@@ -252,9 +254,8 @@ def prune(graph: MaseGraph, config: PruneConfig) -> tuple[MaseGraph, dict[str, A
             else:  # deterministic: no stream (an earlier random setting's counter node becomes dead code)
                 n.kwargs = {k: v for k, v in n.kwargs.items() if k not in _ACT_STREAM_KWARGS}
         report.append(node_sparsity(graph, n))
-        graph.meta(n).annotations["prune"] = report[-1]
+        graph.set_annotation(n, "prune", report[-1])
     shared = refresh_shared_inputs(graph)
-    graph.recompile()
     total = sum(r["weight_numel"] for r in report if r["weight_mask"])
     zeros = sum(r["weight_pruned"] for r in report if r["weight_mask"])
     log.info("prune: %d nodes, weight sparsity %.4f", len(report), zeros / total if total else 0.0)

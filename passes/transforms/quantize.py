@@ -66,7 +66,6 @@ round half to even or ``floor``); straight-through gradients, ``ste = "plain"`` 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from typing import Any, Literal, Mapping, Optional
@@ -80,7 +79,7 @@ from mase_lite.graph import MaseGraph
 from ..formats import ROLES, FormatConfig, format_config_from_dict, format_names, get_config_cls
 from ..formats.base import check_ste
 from ..formats.integer import IntegerFormat
-from ..registry import register_pass
+from ..registry import PassResult, register_pass
 from .compressed_nodes import (
     as_compressed_embedding,
     as_compressed_linear,
@@ -214,6 +213,7 @@ class QuantEntryConfig(Config):
                 continue
             d.pop("name")
             defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+            keys = 0
             for k, v in d.items():
                 if k in self.shared:
                     if self.shared[k] == v:
@@ -222,6 +222,9 @@ class QuantEntryConfig(Config):
                     continue  # the field's default: implied
                 if v is not None:
                     out[f"{role}_{k}"] = v
+                    keys += 1
+            if not keys and not any(k in self.shared for k in d):
+                out[role] = {}  # every field at its default (e.g. dynamic_int8): the role is still quantised
         for k, v in self.shared.items():
             out[k] = v
         if fmt_name == "integer" and "floor" not in out:  # the historical form always names floor
@@ -260,7 +263,7 @@ class QuantEntry(Config):
 class QuantizeConfig(Config):
     """The ``quantize`` pass config; entries are the MASE-style top-level keys other than
     ``by``/``default``/``resolved``; ``resolved`` holds the concrete formats of data-dependent choices
-    (written by the pass, see the module docstring)."""
+    (the pass's decision, recorded by the runner; see the module docstring)."""
 
     by: Literal["type", "name", "regex_name"] = "type"
     default: Optional[QuantEntry] = None
@@ -417,6 +420,10 @@ def _resolve(graph: MaseGraph, node: fx.Node, role: str, cfg: FormatConfig, path
     tensor = _role_tensor(graph, node, role)
     absmax = None if tensor is not None else calibrated_absmax(graph, node, role)
     try:
+        roles = get_format(cfg.name).roles
+        if role not in roles:
+            raise ConfigError(f"{path}.{role}: the {cfg.name!r} format is not for the {role} role; it takes "
+                              f"{', '.join(map(repr, roles))}")
         concrete = cfg.resolve(tensor=tensor, absmax=absmax, path=f"{path}.{role}")
         shape = _activation_shape(graph, node, role) if tensor is None else None
         if shape is not None and concrete.is_concrete():  # e.g. block_fp's block size must divide it
@@ -427,10 +434,29 @@ def _resolve(graph: MaseGraph, node: fx.Node, role: str, cfg: FormatConfig, path
                           f"{', module ' + repr(module_path(graph, node)) if module_path(graph, node) else ''})") from None
 
 
-@register_pass("quantize", QuantizeConfig, kind="transform", version=2)
-def quantize(graph: MaseGraph, config: QuantizeConfig) -> tuple[MaseGraph, dict[str, Any]]:
+def _requirements(config: QuantizeConfig) -> tuple[str, ...]:
+    """``("calibration",)`` when an active entry has an activation format that needs a calibrated range
+    (integer ``frac_width = "auto"``, scaled_integer without a ``scale``). Conservative: it reads the
+    config, not the graph, so an entry a ``resolved`` override already fixes, or a role its op does not
+    use, still counts (a calibration then runs needlessly; one that is needed is never left out)."""
+    entries = [e.config for e in config.entries.values()] + ([config.default.config] if config.default else [])
+    for entry in entries:
+        for role, fmt in (entry.roles.items() if entry.active else ()):
+            if role in WEIGHT_ROLES or not any(role in r for r in OP_ROLES.values()):
+                continue
+            try:
+                fmt.resolve(tensor=None, absmax=None)
+            except ConfigError:
+                return ("calibration",)
+    return ()
+
+
+@register_pass("quantize", QuantizeConfig, kind="transform", version=2, requires=_requirements, example={
+    "by": "type", "linear": {"config": {"name": "integer", "weight_width": 8, "weight_frac_width": "auto",
+                                        "data_in_width": 8, "data_in_frac_width": 4}}})
+def quantize(graph: MaseGraph, config: QuantizeConfig) -> PassResult:
     """Quantise linear/embedding/attention nodes to registered number formats (MASE's config format);
-    trainable by STE. Data-dependent choices are resolved now and recorded in ``config.resolved``."""
+    trainable by STE. Data-dependent choices are resolved now and returned as the decision ``resolved``."""
     from ..formats import get_format
 
     nodes = [n for n in graph.nodes if _op_type(n) is not None]
@@ -471,15 +497,11 @@ def quantize(graph: MaseGraph, config: QuantizeConfig) -> tuple[MaseGraph, dict[
         else:
             as_compressed_sdpa(node)
             update_kwargs(node, data_in=specs["data_in"], data_out=specs["data_out"], ste=entry.ste)
-        meta = copy.copy(graph.meta(node))  # copy-on-write: graph copies share NodeMeta objects
-        meta.annotations = {**meta.annotations, "quant": node_precision(node)}
-        node.meta["mase"] = meta
+        graph.set_annotation(node, "quant", node_precision(node))
         changed.append({"node": node.name, "op": op, "module": module_path(graph, node), **node_precision(node)})
-    config.resolved = resolved or None  # what the runner records: replay uses these concrete formats
     shared = refresh_shared_inputs(graph)
-    graph.recompile()
     log.info("quantize: %d nodes quantised (%d with data-dependent formats), %d shared input nodes",
              len(changed), len(resolved), shared)
-    return graph, {"quantized": changed, "skipped": skipped, "shared_inputs": shared,
-                   "ops_covered": list(OP_TYPES), "resolved": {n: {r: c.to_dict() for r, c in roles.items()}
-                                                               for n, roles in resolved.items()}}
+    info = {"quantized": changed, "skipped": skipped, "shared_inputs": shared, "ops_covered": list(OP_TYPES),
+            "resolved": {n: {r: c.to_dict() for r, c in roles.items()} for n, roles in resolved.items()}}
+    return PassResult(graph, info, {"resolved": resolved or None})  # recorded: replay uses these formats

@@ -3,14 +3,16 @@
 Unlike pruning masks, these passes register new, smaller parameters and edit the traced graph (the
 head counts baked into view/reshape/expand/split shape arguments are rewritten), so parameters,
 bytes and MACs (``cost``, ``report_graph``) really fall, and the graph still saves, loads and trains.
-Every data- or weight-dependent choice is recorded as concrete indices in the pass's config (the
-runner records the config as the pass left it), so ``MaseGraph.load`` replays exactly the same cut
-on the base program's full-size weights before loading the saved, smaller state.
+Every data- or weight-dependent choice is returned as concrete indices (the pass's *decisions*,
+``keep`` / ``remove``, which the runner records in the history config), so ``MaseGraph.load``
+replays exactly the same cut on the base program's full-size weights before loading the saved,
+smaller state.
 
 Layer indices are the ones in module paths (``...layer.<i>...``, ``...layers.<i>...``, GPT-2's
-``h.<i>``), given as ints to ``shrink_layers`` and as string keys (``"0"``, ``"1"``...) to the
-per-layer dicts of ``prune_heads`` / ``prune_ffn``. Head and neuron indices are positions in the
-layer *as it is when the pass runs* (0 .. heads-1 / width-1).
+``h.<i>``; where a family keeps its layers is said by its adapter, :mod:`mase_lite.families`), given
+as ints to ``shrink_layers`` and as string keys (``"0"``, ``"1"``...) to the per-layer dicts of
+``prune_heads`` / ``prune_ffn``. Head and neuron indices are positions in the layer *as it is when
+the pass runs* (0 .. heads-1 / width-1).
 
 ``shrink_layers`` (:class:`ShrinkLayersConfig`)::
 
@@ -64,17 +66,17 @@ Score: the L1 norm of neuron ``j``'s weights: its row of the up projection (``in
 the down projection. The lowest-L1 neurons go; ties: the lower index first. A fractional keep is
 ``max(1, floor(f * width + 0.5))`` per layer.
 
-How the cut is made in the graph: the projections are found by their module paths (the tables
-:data:`ATTN_ROLES` / :data:`FFN_ROLES`: BERT, RoBERTa, ELECTRA, DistilBERT, ALBERT, DeBERTa-v2,
-ModernBERT, GPT-2, Llama); in the nodes between a layer's projections and its output projection
-(and the shape ops feeding them), literal sizes equal to the old flattened width become the new
-width, literal head counts (any position of a shape but the last, the head size; or a symbolic
-``heads * batch``) the new count, and a GQA ``expand`` of a size-1 axis by the group size the new
-group size. The fake values of the changed nodes are then recomputed, which also checks that the
-shrunk graph runs (a PassError names the node otherwise). Shrink before compressing (as the
-pretrained-start search does); on a compressed graph, pruning masks are cut with their weights
-(formats that derive scales from the weight follow it), but recorded ``calibrate`` ranges are not
-re-measured.
+How the cut is made in the graph: the projections are found by their module paths (the
+``attention_roles`` / ``ffn_roles`` of the graph's family adapter, :mod:`mase_lite.families`: BERT,
+RoBERTa, ELECTRA, DistilBERT, ALBERT, DeBERTa-v2, ModernBERT, GPT-2, Llama); in the nodes between a
+layer's projections and its output projection (and the shape ops feeding them), literal sizes equal
+to the old flattened width become the new width, literal head counts (any position of a shape but
+the last, the head size; or a symbolic ``heads * batch``) the new count, and a GQA ``expand`` of a
+size-1 axis by the group size the new group size. The fake values of the changed nodes are then
+recomputed, which also checks that the shrunk graph runs (a PassError names the node otherwise).
+Shrink before compressing (as the pretrained-start search does); on a compressed graph, pruning
+masks are cut with their weights (formats that derive scales from the weight follow it), but
+recorded ``calibrate`` ranges are not re-measured.
 
 Every pass returns ``info`` with what was removed per layer (indices), and ``params_before`` /
 ``params_after`` / ``params_removed`` (elements of all the graph's parameters). Bad input is one
@@ -87,7 +89,6 @@ import dataclasses
 import logging
 import math
 import operator
-import re
 from typing import Any, Iterable, Literal, Optional
 
 import torch
@@ -95,9 +96,10 @@ from torch import fx, nn
 
 from mase_lite.config import Config
 from mase_lite.errors import ConfigError, MaseError, PassError
+from mase_lite.families import family_of, layer_calls
 from mase_lite.graph import MaseGraph
 
-from ..registry import PassContext, register_pass
+from ..registry import PassContext, PassExample, PassResult, example_context, register_pass
 from . import ops as _ops_module
 from .compressed_nodes import compressed_input_node, is_linear, linear_mask_node, owner_and_name
 
@@ -108,57 +110,21 @@ aten = torch.ops.aten
 # ------------------------------------------------------------------------------------------
 # Finding layers and their projections
 
-#: A layer's module path inside a weight path: ``...layer.<i>`` / ``...layers.<i>`` / ``h.<i>`` (and
-#: ALBERT's shared ``albert_layers.<i>``).
-_LAYER_IN_PATH = re.compile(r"(?:^|\.)(?:layer|layers|h|albert_layers)\.(\d+)(?=\.|$)")
-#: A layer *call*'s module (an ``nn_module_stack`` entry): as above, or ALBERT's layer group.
-_LAYER_MODULE = re.compile(r"(?:^|\.)(?:layer|layers|h|albert_layer_groups)\.(\d+)$")
-
-#: Attention projections by their path inside the layer: q / k / v / fused qkv / o.
-ATTN_ROLES = {
-    "attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
-    "attention.output.dense": "o",                                     # BERT, RoBERTa, ELECTRA, DeBERTa-v2
-    "attention.q_lin": "q", "attention.k_lin": "k", "attention.v_lin": "v", "attention.out_lin": "o",  # DistilBERT
-    "attention.query": "q", "attention.key": "k", "attention.value": "v", "attention.dense": "o",      # ALBERT
-    "attention.self.query_proj": "q", "attention.self.key_proj": "k", "attention.self.value_proj": "v",  # DeBERTa-v2
-    "attn.Wqkv": "qkv", "attn.Wo": "o",                                # ModernBERT
-    "attn.c_attn": "qkv", "attn.c_proj": "o",                          # GPT-2
-    "self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o",  # Llama
-}
-#: Feed-forward projections by their path inside the layer: up / gate / glu (up and gate fused) / down.
-FFN_ROLES = {
-    "intermediate.dense": "up", "output.dense": "down",               # BERT family
-    "ffn.lin1": "up", "ffn.lin2": "down",                             # DistilBERT
-    "ffn": "up", "ffn_output": "down",                                # ALBERT
-    "mlp.c_fc": "up", "mlp.c_proj": "down",                           # GPT-2
-    "mlp.gate_proj": "gate", "mlp.up_proj": "up", "mlp.down_proj": "down",  # Llama
-    "mlp.Wi": "glu", "mlp.Wo": "down",                                # ModernBERT ([input | gate] = Wi(x).chunk(2))
-}
-
 _SHAPE_TARGETS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.expand.default)
 _SPLIT_TARGETS = (aten.split.Tensor, aten.split_with_sizes.default)
 
 
-def _split_path(path: str) -> tuple[str, str] | None:
-    """``(layer key, path inside the layer)`` of a weight-owning module path, or None."""
-    m = None
-    for m in _LAYER_IN_PATH.finditer(path):
-        pass
-    if m is None:
-        return None
-    return m.group(1), path[m.end() + 1:]
-
-
-def _layer_projections(graph: MaseGraph, roles: dict[str, str]) -> dict[str, dict[str, list[fx.Node]]]:
-    """layer key -> role -> linear nodes (graph order) of that role in the layer."""
+def _layer_projections(graph: MaseGraph, kind: str) -> dict[str, dict[str, list[fx.Node]]]:
+    """layer key -> role -> linear nodes (graph order) of that role in the layer; ``kind``: the family
+    adapter's ``attention`` or ``ffn`` roles."""
+    fam = family_of(graph)
     out: dict[str, dict[str, list[fx.Node]]] = {}
     for n in graph.nodes:
         if not is_linear(n):
             continue
-        split = _split_path(graph.meta(n).module_path or "")
-        if split is None or split[1] not in roles:
-            continue
-        out.setdefault(split[0], {}).setdefault(roles[split[1]], []).append(n)
+        found = fam.role(graph.meta(n).module_path or "", kind)
+        if found is not None:
+            out.setdefault(found[0], {}).setdefault(found[1], []).append(n)
     return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
@@ -352,7 +318,7 @@ _SHAPE_RULES = {
 def refresh_shapes(graph: MaseGraph, what: str, nodes: Iterable[fx.Node] = ()) -> None:
     """Drop dead code, recompute the fake values (``node.meta["val"]``: the shapes the metadata and
     ``cost`` read) of ``nodes`` -- the nodes whose shapes the pass changed, in graph order, from their
-    inputs' values -- then recompile and re-annotate the graph."""
+    inputs' values. The runner then recompiles and re-annotates the graph (``passes.pipeline.run_pass``)."""
     from torch._guards import detect_fake_mode
 
     g = graph.fx_graph
@@ -395,7 +361,6 @@ def refresh_shapes(graph: MaseGraph, what: str, nodes: Iterable[fx.Node] = ()) -
             raise PassError(f"{what}: the shrunk graph does not run at node {getattr(current, 'name', '?')} "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); this "
                             f"model's attention/FFN layout is not supported") from exc
-    graph.recompile()
 
 
 # ------------------------------------------------------------------------------------------
@@ -434,40 +399,6 @@ def spread_indices(n: int, layers: list[int]) -> list[int]:
     return [layers[math.floor(i * (L - 1) / (n - 1) + 0.5)] for i in range(n)]
 
 
-def _call_index(node: fx.Node, reps: int) -> int | None:
-    """The layer call a node belongs to: the outermost layer module in its ``nn_module_stack``
-    (``@k``: the k-th repeated call of a shared module, as ALBERT's layer group)."""
-    for key, (path, _cls) in (node.meta.get("nn_module_stack") or {}).items():
-        m = _LAYER_MODULE.search(path or "")
-        if not m:
-            continue
-        idx = int(m.group(1))
-        call = int(key.rsplit("@", 1)[1]) if "@" in key else 0
-        if "albert_layer_groups" in path:
-            return idx * reps + call
-        if call:
-            raise MaseError(f"layer module {path!r} is called more than once and is not ALBERT's layer group; "
-                            f"shrink_layers does not know which call is which layer")
-        return idx
-    return None
-
-
-def layer_calls(graph: MaseGraph) -> dict[int, list[fx.Node]]:
-    """layer index -> the nodes computing that layer (call), in graph order."""
-    hf = graph.model_info.get("hf_config") or {}
-    reps = 1
-    if hf.get("model_type") == "albert":
-        reps = max(1, int(hf.get("num_hidden_layers", 1)) // max(1, int(hf.get("num_hidden_groups", 1))))
-    out: dict[int, list[fx.Node]] = {}
-    for n in graph.nodes:
-        if n.op != "call_function":
-            continue
-        i = _call_index(n, reps)
-        if i is not None:
-            out.setdefault(i, []).append(n)
-    return dict(sorted(out.items()))
-
-
 def _layer_io(graph: MaseGraph, i: int, nodes: list[fx.Node]) -> tuple[fx.Node, fx.Node]:
     """(hidden-state input, output) of layer ``i``."""
     inside = set(nodes)
@@ -490,8 +421,8 @@ def _layer_io(graph: MaseGraph, i: int, nodes: list[fx.Node]) -> tuple[fx.Node, 
     return inputs[0], out
 
 
-@register_pass("shrink_layers", ShrinkLayersConfig, kind="transform")
-def shrink_layers(graph: MaseGraph, config: ShrinkLayersConfig) -> tuple[MaseGraph, dict[str, Any]]:
+@register_pass("shrink_layers", ShrinkLayersConfig, kind="transform", example={"num_layers": 1})
+def shrink_layers(graph: MaseGraph, config: ShrinkLayersConfig) -> PassResult:
     """Keep a subset of the encoder/decoder layers; removed layers pass their input through."""
     calls = layer_calls(graph)
     existing = list(calls)
@@ -502,14 +433,15 @@ def shrink_layers(graph: MaseGraph, config: ShrinkLayersConfig) -> tuple[MaseGra
             raise ConfigError(f"shrink_layers.num_layers = {config.num_layers}: the graph has only {len(existing)} "
                               f"layers ({existing})")
         keep = existing[:config.num_layers] if config.strategy == "first" else spread_indices(config.num_layers, existing)
-        config.keep, config.num_layers = keep, None
-    bad = [i for i in config.keep if i not in calls]
+    else:
+        keep = list(config.keep)
+    bad = [i for i in keep if i not in calls]
     if bad:
-        raise ConfigError(f"shrink_layers.keep = {config.keep}: layer {bad[0]} does not exist; the layers are: "
+        raise ConfigError(f"shrink_layers.keep = {keep}: layer {bad[0]} does not exist; the layers are: "
                           f"{existing}")
-    config.keep = sorted(config.keep)
+    keep = sorted(keep)
     before = _num_params(graph)
-    removed = [i for i in existing if i not in config.keep]
+    removed = [i for i in existing if i not in keep]
     ios = {i: _layer_io(graph, i, calls[i]) for i in removed}
     attrs_before = {n.target for n in graph.nodes if n.op == "get_attr"}
     subst: dict[fx.Node, fx.Node] = {}  # removed layer output -> what replaces it (chains of removed layers)
@@ -529,9 +461,10 @@ def shrink_layers(graph: MaseGraph, config: ShrinkLayersConfig) -> tuple[MaseGra
     dropped = _drop_unread_tensors(graph, attrs_before)
     refresh_shapes(graph, "shrink_layers")  # the remaining nodes keep their shapes
     after = _num_params(graph)
-    log.info("shrink_layers: kept %s, removed %s (%d parameters)", config.keep, removed, dropped)
-    return graph, {"kept": list(config.keep), "removed": removed, "params_before": before, "params_after": after,
-                   "params_removed": before - after}
+    log.info("shrink_layers: kept %s, removed %s (%d parameters)", keep, removed, dropped)
+    info = {"kept": list(keep), "removed": removed, "params_before": before, "params_after": after,
+            "params_removed": before - after}
+    return PassResult(graph, info, {"keep": keep, "num_layers": None})
 
 
 # ------------------------------------------------------------------------------------------
@@ -600,14 +533,10 @@ class PruneHeadsConfig(Config):
 
 
 def _head_dim(graph: MaseGraph) -> int:
-    hf = graph.model_info.get("hf_config") or {}
-    if hf.get("head_dim"):
-        return int(hf["head_dim"])
-    hidden = hf.get("hidden_size", hf.get("n_embd", hf.get("dim")))
-    heads = hf.get("num_attention_heads", hf.get("n_head", hf.get("n_heads")))
-    if not hidden or not heads:
-        raise MaseError("prune_heads: the graph's model config gives no head size (hidden_size / num_attention_heads)")
-    return int(hidden) // int(heads)
+    try:
+        return family_of(graph).head_dim(graph.model_info.get("hf_config") or {})
+    except MaseError as exc:
+        raise MaseError(f"prune_heads: {exc}") from None
 
 
 class _Attn:
@@ -716,11 +645,12 @@ def _resolve_keep(field: str, keep: Any, key: str, width: int, what: str) -> int
     return k
 
 
-@register_pass("prune_heads", PruneHeadsConfig, kind="transform", takes_context=True)
-def prune_heads(graph: MaseGraph, config: PruneHeadsConfig, context: PassContext) -> tuple[MaseGraph, dict[str, Any]]:
+@register_pass("prune_heads", PruneHeadsConfig, kind="transform", takes_context=True,
+               example=PassExample({"keep": 1, "score": "gradient", "num_batches": 2}, context=example_context))
+def prune_heads(graph: MaseGraph, config: PruneHeadsConfig, context: PassContext) -> PassResult:
     """Remove whole attention heads per layer (ranked by L1 of the output projection or a gradient score)."""
     d = _head_dim(graph)
-    projections = _layer_projections(graph, ATTN_ROLES)
+    projections = _layer_projections(graph, "attention")
     layers = {k: _Attn(graph, k, r, d) for k, r in projections.items()}
     keys = list(layers)
     for field, mapping in (("prune_heads.keep", config.keep), ("prune_heads.remove", config.remove)):
@@ -754,11 +684,11 @@ def prune_heads(graph: MaseGraph, config: PruneHeadsConfig, context: PassContext
             per_group = a.group - v // a.kv_heads
             remove[k] = sorted(h for g in range(a.kv_heads)
                                for h in _lowest(scores[k], list(range(g * a.group, (g + 1) * a.group)), per_group))
-        config.remove = remove
+        decisions = {"remove": remove}
     else:
-        scores = {}
+        scores, remove, decisions = {}, config.remove, None
     # check the (given or resolved) indices
-    for k, idx in config.remove.items():
+    for k, idx in remove.items():
         a = layers[k]
         _check_removed("prune_heads", k, idx, a.heads, "head")
         counts = [sum(1 for i in idx if i // a.group == g) for g in range(a.kv_heads)]
@@ -769,7 +699,7 @@ def prune_heads(graph: MaseGraph, config: PruneHeadsConfig, context: PassContext
     before = _num_params(graph)
     rows_info = []
     touched: set[fx.Node] = set()  # nodes whose shapes change
-    for k, idx in config.remove.items():
+    for k, idx in remove.items():
         a = layers[k]
         if not idx:
             rows_info.append({"layer": k, "heads_before": a.heads, "heads_after": a.heads, "removed": []})
@@ -805,7 +735,8 @@ def prune_heads(graph: MaseGraph, config: PruneHeadsConfig, context: PassContext
     refresh_shapes(graph, "prune_heads", touched)
     after = _num_params(graph)
     log.info("prune_heads: %s", {r["layer"]: r["heads_after"] for r in rows_info})
-    return graph, {"layers": rows_info, "params_before": before, "params_after": after, "params_removed": before - after}
+    info = {"layers": rows_info, "params_before": before, "params_after": after, "params_removed": before - after}
+    return PassResult(graph, info, decisions)
 
 
 # ------------------------------------------------------------------------------------------
@@ -848,10 +779,10 @@ class _FFN:
         return s
 
 
-@register_pass("prune_ffn", PruneFFNConfig, kind="transform")
-def prune_ffn(graph: MaseGraph, config: PruneFFNConfig) -> tuple[MaseGraph, dict[str, Any]]:
+@register_pass("prune_ffn", PruneFFNConfig, kind="transform", example={"keep": 0.5})
+def prune_ffn(graph: MaseGraph, config: PruneFFNConfig) -> PassResult:
     """Remove feed-forward (intermediate) neurons per layer, the lowest-L1 ones."""
-    layers = {k: _FFN(graph, k, r) for k, r in _layer_projections(graph, FFN_ROLES).items()}
+    layers = {k: _FFN(graph, k, r) for k, r in _layer_projections(graph, "ffn").items()}
     keys = list(layers)
     for field, mapping in (("prune_ffn.keep", config.keep), ("prune_ffn.remove", config.remove)):
         for k in (mapping if isinstance(mapping, dict) else {}):
@@ -866,14 +797,16 @@ def prune_ffn(graph: MaseGraph, config: PruneFFNConfig) -> tuple[MaseGraph, dict
                 continue
             scores[k] = f.l1()
             remove[k] = _lowest(scores[k], list(range(f.width)), f.width - v)
-        config.remove = remove
-    for k, idx in config.remove.items():
+        decisions = {"remove": remove}
+    else:
+        remove, decisions = config.remove, None
+    for k, idx in remove.items():
         f = layers[k]
         _check_removed("prune_ffn", k, idx, f.width, "neuron")
     before = _num_params(graph)
     rows_info = []
     touched: set[fx.Node] = set()  # nodes whose shapes change
-    for k, idx in config.remove.items():
+    for k, idx in remove.items():
         f = layers[k]
         kept = [j for j in range(f.width) if j not in idx]
         if idx:
@@ -900,4 +833,5 @@ def prune_ffn(graph: MaseGraph, config: PruneFFNConfig) -> tuple[MaseGraph, dict
     refresh_shapes(graph, "prune_ffn", touched)
     after = _num_params(graph)
     log.info("prune_ffn: %s", {r["layer"]: r["width_after"] for r in rows_info})
-    return graph, {"layers": rows_info, "params_before": before, "params_after": after, "params_removed": before - after}
+    info = {"layers": rows_info, "params_before": before, "params_after": after, "params_removed": before - after}
+    return PassResult(graph, info, decisions)

@@ -5,7 +5,11 @@ the table seeds (parameter ``table_seed``), so it has what a search has: RDB sto
 a kill (an interrupted trial is queued again), several worker processes on one storage, a progress
 bar. Each trial is the ``compress_finetune`` trial of a live search (:mod:`search.objectives`) with
 the model and training seed set to its ``table_seed`` and the fine-tune seed derived from it, so
-one row records the trained, compressed and fine-tuned accuracy of the same model. The table is
+one row records the trained, compressed and fine-tuned accuracy of the same model -- on the
+validation rows (what searches select on) and on the test split (``data.n_test`` rows, never
+selected on; :data:`MIN_TEST_ROWS` or more are advised). The config's ``[bench]`` table (the
+pre-registered analysis, :class:`search.bench.plan.BenchPlan`) is part of the build's fingerprint and
+is written into the manifest's ``preregistration``. The table is
 written (:func:`search.bench.table.write_table`, then the manifest) once every (architecture,
 seed) row is complete; until then a rerun of the same command continues the build.
 """
@@ -36,7 +40,11 @@ SEED_PARAM = "table_seed"
 #: trial timings -> table columns
 _TIMES = {"build": "time_build_s", "train": "time_train_s", "eval_trained": "time_eval_trained_s",
           "compress": "time_compress_s", "eval_compressed": "time_eval_compressed_s",
-          "finetune": "time_finetune_s", "eval_finetuned": "time_eval_finetuned_s", "total": "time_total_s"}
+          "finetune": "time_finetune_s", "eval_finetuned": "time_eval_finetuned_s", "total": "time_total_s",
+          "eval_test": "time_eval_test_s"}
+#: Test rows below which a table's held-out columns are too noisy to be worth their evaluation
+#: (binomial SE about 0.006 at 5,000 rows and accuracy 0.8).
+MIN_TEST_ROWS = 5000
 
 
 @dataclasses.dataclass
@@ -72,7 +80,16 @@ def table_fingerprint(cfg: RunConfig, seeds: Sequence[int]) -> dict[str, Any]:
     fp.pop("finetune", None)  # per row: derived from the row's seed
     fp["table_seeds"] = list(seeds)
     fp["finetune"] = dict(cfg.finetune)
+    plan = preregistration(cfg)
+    if plan:  # absent without one: builds started before pre-registration stay valid
+        fp["preregistration"] = plan
     return fp
+
+
+def preregistration(cfg: RunConfig) -> dict[str, Any]:
+    """The config's ``[bench]`` table as recorded in the manifest (``{}`` without one)."""
+    plan = getattr(cfg, "bench", None)
+    return plan.to_dict() if plan is not None else {}
 
 
 def n_rows(cfg: RunConfig, seeds: Sequence[int]) -> int:
@@ -121,9 +138,12 @@ def build_table(cfg: RunConfig, out: str | Path, seeds: Sequence[int] = (0, 1, 2
     recover_interrupted(study)
     if n_counted(study) < total:
         lifecycle = lifecycle or default_lifecycle()
+        if cfg.data.n_test is not None and cfg.data.n_test < MIN_TEST_ROWS:
+            log.warning("data.n_test = %d: the table's held-out test columns will have a binomial SE of about "
+                        "%.3f; use %d or more rows", cfg.data.n_test, math.sqrt(0.16 / cfg.data.n_test), MIN_TEST_ROWS)
         ctx = ObjectiveContext(space=space, splits=load_data(cfg, lifecycle), train=cfg.train,
                                finetune=cfg.finetune_config(), compression=cfg.compression,
-                               objectives=["accuracy"], seed=0, graph_dir=None, lifecycle=lifecycle)
+                               objectives=["accuracy"], seed=0, graph_dir=None, lifecycle=lifecycle, test_eval="all")
         objective = TableObjective(ctx, seeds, cfg.finetune_config)
         with tqdm(total=total, initial=n_counted(study), desc=spec.name, unit="row", dynamic_ncols=True) as bar:
             cb = Budget(total, cfg.search.max_failures_in_a_row, bar)
@@ -144,7 +164,7 @@ def build_table(cfg: RunConfig, out: str | Path, seeds: Sequence[int] = (0, 1, 2
             train=cfg.train.to_dict(), finetune=cfg.finetune_config().to_dict(),
             compression=cfg.compression, seeds=seeds,
             total_seconds=round(sum(r["time_total_s"] for r in rows), 1), command=command,
-            machine=_machine(study),
+            machine=_machine(study), preregistration=preregistration(cfg),
         )
         log.info("table of %d rows written to %s", done, out)
     return BuildResult(out, url, done, total, table, time.perf_counter() - t0)
@@ -166,8 +186,8 @@ def table_rows(study: optuna.Study) -> list[dict[str, Any]]:
         cost, timings, machine = ua.get("cost") or {}, ua.get("timings") or {}, ua.get("machine") or {}
         row: dict[str, Any] = {"arch": key[0], **arch, "seed": key[1], "_complete": t.state == TrialState.COMPLETE}
         for stage in ("trained", "compressed", "finetuned"):
-            row[f"accuracy_{stage}"] = float(ua.get(f"accuracy_{stage}", math.nan))
-            row[f"loss_{stage}"] = float(ua.get(f"loss_{stage}", math.nan))
+            for col in (f"accuracy_{stage}", f"loss_{stage}", f"test_accuracy_{stage}", f"test_loss_{stage}"):
+                row[col] = float(ua.get(col, math.nan))
         for col in ("params", "size_bytes_fp32", "size_bytes_compressed"):
             row[col] = int(cost.get(col, 0))
         for name, col in _TIMES.items():

@@ -1,11 +1,11 @@
 """Figures of a benchmark replay (matplotlib Agg, the style of :mod:`search.plots`) and their CSVs.
 
-* ``best_so_far.png`` — per metric, the mean best observed accuracy so far per sampler with its
-  95 % bootstrap band (a second row with hypervolume when a multi-objective sampler was replayed);
-  ``best_so_far.csv`` holds every point (with ``n``, the runs that reached it).
+* ``best_so_far.png`` — per metric, the mean held-out score of each sampler's pick so far with its
+  95 % jackknife band over training seeds (solid), and the mean value those picks were selected on
+  (dotted: optimistic); ``best_so_far.csv`` holds every point (with ``n``, the runs that reached it).
 * ``q2_scatter.png`` — arch-mean trained vs compressed (and finetuned) accuracy, with y = x.
-* ``q3_compress_after_vs_aware.png`` — compress-after-NAS vs compression-aware search: mean target
-  accuracy of the pick with its 95 % CI, per budget, sampler and target.
+* ``q3_compress_after_vs_aware.png`` — compress-after-NAS vs compression-aware search: mean held-out
+  target accuracy of the pick with its 95 % CI, per budget, sampler and target.
 """
 
 from __future__ import annotations
@@ -22,19 +22,15 @@ _STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
 
 
 def write_curves_csv(stats: Mapping[str, Any], path: Path) -> Path:
-    """Every curve point: metric, sampler, measure, trial, mean, lo, hi, n."""
+    """Every curve point: metric, sampler, measure, trial, mean (held out), lo, hi, n, observed (selected on)."""
     with Path(path).open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["metric", "sampler", "measure", "trial", "mean", "lo", "hi", "n"])
+        w.writerow(["metric", "sampler", "measure", "trial", "mean", "lo", "hi", "n", "observed"])
         for metric, by_sampler in stats["curves"].items():
             for sampler, c in by_sampler.items():
                 for p in c["points"]:
-                    w.writerow([metric, sampler, c["measure"], p["trial"], p["mean"], p["lo"], p["hi"], p["n"]])
-            for sampler, points in stats.get("hypervolume", {}).get(metric, {}).get("curves", {}).items():
-                if by_sampler.get(sampler, {}).get("measure") == "hypervolume":
-                    continue  # already written
-                for p in points:
-                    w.writerow([metric, sampler, "hypervolume", p["trial"], p["mean"], p["lo"], p["hi"], p["n"]])
+                    w.writerow([metric, sampler, c["measure"], p["trial"], p["mean"], p["lo"], p["hi"], p["n"],
+                                p.get("observed")])
     return Path(path)
 
 
@@ -58,32 +54,30 @@ def _band(ax: Any, points: list[dict[str, Any]], label: str, i: int) -> None:
     lo = [p["lo"] if p["lo"] is not None else p["mean"] for p in pts]
     hi = [p["hi"] if p["hi"] is not None else p["mean"] for p in pts]
     ax.fill_between(x, lo, hi, step="post", alpha=0.2, color=line.get_color())
+    obs = [(p["trial"], p["observed"]) for p in pts if p.get("observed") is not None]
+    if obs:
+        ax.plot([o[0] for o in obs], [o[1] for o in obs], linestyle=":", linewidth=1, drawstyle="steps-post",
+                color=line.get_color())
 
 
 def plot_best_so_far(stats: Mapping[str, Any], png: Path) -> Path:
-    """One column per replayed metric: best observed accuracy so far (mean and 95 % band) per sampler."""
+    """One column per replayed metric: held-out score of the pick so far (mean and jackknife 95 % band) per
+    sampler, with the value the picks were selected on (dotted)."""
     from matplotlib.ticker import MaxNLocator
 
     metrics = list(stats["curves"])
-    hv = stats.get("hypervolume") or {}
-    rows = 2 if hv else 1
-    fig = _figure(5.5 * max(1, len(metrics)), 4.2 * rows)
+    fig = _figure(5.5 * max(1, len(metrics)), 4.2)
     n_seeds = stats["replay"]["n_seeds"]
+    split = (stats.get("scoring") or {}).get("split", "val")
     for j, metric in enumerate(metrics):
-        ax = fig.add_subplot(rows, len(metrics), j + 1)
+        ax = fig.add_subplot(1, len(metrics), j + 1)
         for i, (sampler, c) in enumerate(stats["curves"][metric].items()):
-            if c["measure"] == "best":
-                _band(ax, c["points"], sampler, i)
+            _band(ax, c["points"], sampler, i)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        _label(ax, "trial (counted trials)", f"best observed {metric} accuracy so far",
-               f"{metric}: mean of {n_seeds} replays, 95 % band")
-        if hv:
-            ax2 = fig.add_subplot(rows, len(metrics), len(metrics) + j + 1)
-            for i, (sampler, points) in enumerate(hv.get(metric, {}).get("curves", {}).items()):
-                _band(ax2, points, sampler, i)
-            ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
-            _label(ax2, "trial (counted trials)", "hypervolume (accuracy x size)",
-                   f"{metric}: hypervolume of the front so far")
+        _label(ax, "trial (counted trials)", f"held-out {metric} accuracy of the pick ({split})",
+               f"{metric} ({n_seeds} replays)")
+    fig.suptitle("mean held-out score of the pick so far; band: 95 % jackknife CI over training seeds; "
+                 "dotted: the value the picks were selected on", fontsize="small")
     fig.tight_layout()
     fig.savefig(png)
     return Path(png)
@@ -135,7 +129,7 @@ def plot_q3(stats: Mapping[str, Any], png: Path) -> Path:
             ax.axhline(best["mean"], color="grey", linestyle=":", linewidth=1, label=f"table best ({best['arch']})")
         ax.set_xticks(range(len(budgets)))
         ax.set_xticklabels([str(b) for b in budgets])
-        _label(ax, "budget (trials)", f"mean {target} accuracy of the pick", f"Question 3: {target}")
+        _label(ax, "budget (trials)", f"held-out {target} accuracy of the pick", f"Question 3: {target}")
     fig.tight_layout()
     fig.savefig(png)
     return Path(png)

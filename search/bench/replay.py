@@ -5,11 +5,16 @@
 (:func:`search.samplers.make_sampler`); its objective looks the sampled architecture up in the
 table. It behaves as a live study does:
 
-* Noise: every trial of a live study trains with the same model seed, so a replay run uses one of
-  the table's seeds per architecture, drawn with ``numpy.random.default_rng((seed, ...))``. The draw
-  depends on the replay seed and the architecture only: a repeated pick returns the same value, and
-  all samplers and metrics replayed with one seed see the same training noise, as the studies of one
-  live seed do. This is the live search's rule for duplicates (``search.reuse_duplicates``): a trial
+* Noise: every trial of a live study trains with the same model seed, so by default (``seed_mode =
+  "run"``) a replay run uses one of the table's seeds for every architecture, drawn with
+  ``numpy.random.default_rng((seed, NOISE_STREAM, 1))``; seed effects shared by all architectures
+  then shift every candidate of the run alike, as in a live study. ``seed_mode = "arch"`` (the
+  behaviour before the held-out analysis) draws one seed per architecture
+  (``default_rng((seed, NOISE_STREAM))``). Either way the draw depends on the replay seed (and the
+  architecture) only: a repeated pick returns the same value, and all samplers and metrics replayed
+  with one seed see the same training noise, as the studies of one live seed do -- so their picks
+  are paired, and :mod:`search.bench.heldout` scores each pick on the seeds its run did not draw.
+  This is the live search's rule for duplicates (``search.reuse_duplicates``): a trial
   whose configuration was already evaluated reuses that result, counts against ``n_trials``, and
   is marked ``reused_from`` (the 1-based ``trial`` of the first evaluation).
 * An unbuildable combination raises :class:`~search.space.InvalidArchitecture` (pruned; it costs
@@ -38,6 +43,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .heldout import DEFAULT_SEED_MODE, SEED_MODES
 from .table import ARCH_PARAMS, METRIC_COLUMNS, BenchTable, TableError, arch_id
 
 log = logging.getLogger(__name__)
@@ -93,6 +99,7 @@ class ReplayRun:
     n_pruned: int = 0
     stopped_by_sampler: bool = False
     size_ref: float = 1.0  # sizes are divided by this for the hypervolume
+    seed_mode: str = DEFAULT_SEED_MODE  # how training seeds were drawn (heldout.SEED_MODES)
 
     def __len__(self) -> int:
         return len(self.trials)
@@ -187,9 +194,14 @@ class _Context:
         self.space = SearchSpace.from_config(space_config, ModelConfig())
         self.n_combos = len(self.space.model.combinations())
 
-    def draws(self, seed: int) -> np.ndarray:
-        """The table seed index of every architecture for replay seed ``seed``."""
-        return np.random.default_rng((seed, NOISE_STREAM)).integers(0, len(self.table.seeds), size=len(self.table.archs))
+    def draws(self, seed: int, seed_mode: str = DEFAULT_SEED_MODE) -> np.ndarray:
+        """The table seed index of every architecture for replay seed ``seed``: one for the whole run
+        (``run``) or one per architecture (``arch``)."""
+        n_seeds, n_archs = len(self.table.seeds), len(self.table.archs)
+        if seed_mode == "run":
+            j = np.random.default_rng((seed, NOISE_STREAM, 1)).integers(0, n_seeds)
+            return np.full(n_archs, j, dtype=np.int64)
+        return np.random.default_rng((seed, NOISE_STREAM)).integers(0, n_seeds, size=n_archs)
 
 
 def default_objectives(sampler: str) -> list[str]:
@@ -197,9 +209,12 @@ def default_objectives(sampler: str) -> list[str]:
     return ["accuracy", "compressed_size"] if sampler == "nsga2" else ["accuracy"]
 
 
-def _check_args(sampler: str, metric: str, n_trials: int, objectives: Sequence[str]) -> None:
+def _check_args(sampler: str, metric: str, n_trials: int, objectives: Sequence[str],
+                seed_mode: str = DEFAULT_SEED_MODE) -> None:
     from mase_lite.config import check_choice
     from search.samplers import SAMPLERS, NODES_SUFFIX
+
+    check_choice("seed_mode", seed_mode, list(SEED_MODES))
 
     if sampler.endswith(NODES_SUFFIX):
         raise TableError(f"sampler = {sampler!r}: a table has model-level architectures only; per-node (+nodes) "
@@ -215,7 +230,7 @@ def _check_args(sampler: str, metric: str, n_trials: int, objectives: Sequence[s
 
 
 def _replay(ctx: _Context, sampler: str, seed: int, n_trials: int, metric: str, options: Any,
-            objectives: Sequence[str]) -> ReplayRun:
+            objectives: Sequence[str], seed_mode: str = DEFAULT_SEED_MODE) -> ReplayRun:
     import optuna
     from optuna.trial import TrialState
 
@@ -223,7 +238,7 @@ def _replay(ctx: _Context, sampler: str, seed: int, n_trials: int, metric: str, 
 
     table = ctx.table
     column = table.array(metric)
-    draws = ctx.draws(seed)
+    draws = ctx.draws(seed, seed_mode)
     index = table.arch_index
     archs = table.archs
     means_t, means_c, means_f = ctx.means["trained"], ctx.means["compressed"], ctx.means["finetuned"]
@@ -264,24 +279,26 @@ def _replay(ctx: _Context, sampler: str, seed: int, n_trials: int, metric: str, 
         log.warning("replay %s seed %d: stopped after %d trials (%d pruned) with %d of %d counted", sampler, seed,
                     n_total, state["pruned"], len(records), n_trials)
     return ReplayRun(sampler, seed, metric, n_trials, list(objectives), records, state["pruned"],
-                     stopped_by_sampler=len(records) < n_trials and n_total < cap, size_ref=ctx.size_ref)
+                     stopped_by_sampler=len(records) < n_trials and n_total < cap, size_ref=ctx.size_ref,
+                     seed_mode=seed_mode)
 
 
 def replay(table: BenchTable, sampler: str, seed: int, n_trials: int, metric: str = "trained",
            options: Any = None, objectives: Sequence[str] | None = None, space_config: Any = None,
-           _ctx: _Context | None = None) -> ReplayRun:
+           _ctx: _Context | None = None, seed_mode: str = DEFAULT_SEED_MODE) -> ReplayRun:
     """Replay one study of ``sampler`` (seeded ``seed``) for ``n_trials`` counted trials on ``metric``.
 
     ``options``: ``search.samplers.SamplerOptions``; ``objectives``: default
     :func:`default_objectives`; ``space_config``: the search's ``SpaceConfig`` (its value order is
-    what the sampler sees; default: the table's space).
+    what the sampler sees; default: the table's space); ``seed_mode``: one training seed per run
+    (``run``, as a live study) or per architecture (``arch``).
     """
     objectives = list(objectives) if objectives is not None else default_objectives(sampler)
-    _check_args(sampler, metric, n_trials, objectives)
+    _check_args(sampler, metric, n_trials, objectives, seed_mode)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TableError(f"seed = {seed!r} must be a non-negative integer")
     ctx = _ctx or _Context(table, space_config)
-    return _replay(ctx, sampler, int(seed), n_trials, metric, options, objectives)
+    return _replay(ctx, sampler, int(seed), n_trials, metric, options, objectives, seed_mode)
 
 
 # --------------------------------------------------------------------------- many runs
@@ -311,12 +328,13 @@ def default_workers() -> int:
 def replay_many(table: BenchTable, samplers: Sequence[str], seeds: Sequence[int], n_trials: int,
                 metric: str = "trained", options: Any = None,
                 objectives: Mapping[str, Sequence[str]] | None = None, space_config: Any = None,
-                workers: int | None = None, progress: bool = False, desc: str | None = None) -> dict[str, list[ReplayRun]]:
+                workers: int | None = None, progress: bool = False, desc: str | None = None,
+                seed_mode: str = DEFAULT_SEED_MODE) -> dict[str, list[ReplayRun]]:
     """Replay every (sampler, seed): ``{sampler: [runs in seeds order]}``; deterministic for given seeds.
 
     ``objectives``: per sampler (default :func:`default_objectives`). ``workers`` processes (default
     :func:`default_workers`; small jobs run in this process). ``progress``: a tqdm bar on stderr
-    (shown only on a terminal).
+    (shown only on a terminal). ``seed_mode``: as for :func:`replay`.
     """
     from mase_lite.progress import progress as tqdm  # one line per run when stderr is not a terminal
 
@@ -324,11 +342,11 @@ def replay_many(table: BenchTable, samplers: Sequence[str], seeds: Sequence[int]
     tasks = []
     for s in samplers:
         objs = list(objectives.get(s) or default_objectives(s))
-        _check_args(s, metric, n_trials, objs)
+        _check_args(s, metric, n_trials, objs, seed_mode)
         for seed in seeds:
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
                 raise TableError(f"seeds: {seed!r} must be a non-negative integer")
-            tasks.append((s, int(seed), n_trials, metric, options, objs))
+            tasks.append((s, int(seed), n_trials, metric, options, objs, seed_mode))
     ctx = _Context(table, space_config)
     workers = default_workers() if workers is None else max(1, int(workers))
     results: list[ReplayRun] = []
@@ -361,7 +379,8 @@ def runs_rows(runs: Mapping[str, Sequence[ReplayRun]]) -> Iterator[dict[str, Any
             best = r.best_so_far()
             hv = r.hypervolume() if r.multi_objective else [None] * len(r.trials)
             for t, b, h in zip(r.trials, best, hv):
-                yield {"metric": r.metric, "sampler": r.sampler, "seed": r.seed, "trial": t.trial,
+                yield {"metric": r.metric, "sampler": r.sampler, "seed": r.seed, "seed_mode": r.seed_mode,
+                       "trial": t.trial,
                        "trial_number": t.number, "arch": t.arch, "table_seed": t.table_seed,
                        "observed": t.observed, "best_so_far": b, "hypervolume": h,
                        "mean_trained": t.mean_trained, "mean_compressed": t.mean_compressed,

@@ -1,4 +1,5 @@
-"""The benchmark table format (schema version 1): its single source of truth, writing and loading.
+"""The benchmark table format (schema version 2; version 1 is still read): its single source of truth,
+writing and loading.
 
 A table directory holds two files.
 
@@ -15,22 +16,33 @@ this order (:data:`TABLE_COLUMNS`):
   ``compression`` pipeline (Lab 2: 8-bit integer quantisation + 50 % l1 pruning), after
   compression and one fine-tuning epoch;
 * ``loss_trained``, ``loss_compressed``, ``loss_finetuned`` (float) — the matching validation losses;
+* ``test_accuracy_trained``, ``test_accuracy_compressed``, ``test_accuracy_finetuned``,
+  ``test_loss_trained``, ``test_loss_compressed``, ``test_loss_finetuned`` (schema 2) — the same three
+  models on the test split (``data.n_test`` rows of the dataset's test split), which nothing selects
+  on: the held-out figures of :mod:`search.bench.heldout`;
 * ``params``, ``size_bytes_fp32``, ``size_bytes_compressed`` (int) — from the cost pass; compressed
   is quantised + sparse bytes;
 * ``time_build_s``, ``time_train_s``, ``time_eval_trained_s``, ``time_compress_s``,
   ``time_eval_compressed_s``, ``time_finetune_s``, ``time_eval_finetuned_s``, ``time_total_s``
-  (float seconds);
+  (float seconds), and (schema 2) ``time_eval_test_s`` (the three test evaluations);
 * ``precision`` (``fp32``/``bf16``, as resolved) and ``num_threads`` (int).
 
 Architectures the model cannot build (``hidden_size % num_attention_heads != 0``) have no rows;
 every buildable combination of the space has one row per seed.
 
-``manifest.json`` — :data:`MANIFEST_KEYS`: ``schema_version`` (1), ``space`` (``{param: [values]}``
+``manifest.json`` — :data:`MANIFEST_KEYS`: ``schema_version`` (2), ``space`` (``{param: [values]}``
 for the four parameters), ``model`` (the fixed ``ModelConfig`` fields), ``data`` (``DataConfig``),
 ``train`` and ``finetune`` (``TrainConfig`` dicts), ``compression`` (the pipeline,
 ``{"passes": ...}``), ``seeds``, ``n_rows``, ``versions`` (``{package: version}``), ``machine``
 (cpu, flags, num_threads, precision), ``total_seconds``, ``content_hash`` (sha256 of the bytes of
-``table.csv``) and ``command``.
+``table.csv``), ``command`` and (schema 2) ``preregistration``: the analysis fixed before the first
+row was trained (the config's ``[bench]`` table, :class:`search.bench.plan.BenchPlan`; ``{}`` when
+there was none).
+
+Schema versions: 1 (no test columns, no ``preregistration``) is read as it was written: its test
+columns are NaN (:attr:`BenchTable.has_test` is False) and a replay scores picks on validation rows of
+held-out seeds. 2 adds the test columns and ``preregistration`` (a major bump: a schema-1 reader
+refuses the new columns).
 
 The builder writes with :func:`write_table` then :func:`write_manifest`; readers use
 :meth:`BenchTable.load`, which validates everything and raises one :class:`TableError` naming the
@@ -55,39 +67,61 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from mase_lite.errors import MaseError
+from mase_lite.families import head_layout_problem
 from mase_lite.machine import machine_info
+from mase_lite.models import ARCH_FIELDS
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schema versions this mase-lite reads.
+READABLE_SCHEMAS = (1, 2)
 TABLE_FILE = "table.csv"
 MANIFEST_FILE = "manifest.json"
 
-#: The architecture parameters (same names and order as ``search.space.MODEL_PARAMS``).
-ARCH_PARAMS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size")
+#: The architecture parameters: :data:`mase_lite.models.ARCH_FIELDS` (also ``search.space.MODEL_PARAMS``).
+ARCH_PARAMS = ARCH_FIELDS
 ACCURACY_COLUMNS = ("accuracy_trained", "accuracy_compressed", "accuracy_finetuned")
 LOSS_COLUMNS = ("loss_trained", "loss_compressed", "loss_finetuned")
+#: Schema 2: the same models on the test split (never selected on).
+TEST_ACCURACY_COLUMNS = ("test_accuracy_trained", "test_accuracy_compressed", "test_accuracy_finetuned")
+TEST_LOSS_COLUMNS = ("test_loss_trained", "test_loss_compressed", "test_loss_finetuned")
 SIZE_COLUMNS = ("params", "size_bytes_fp32", "size_bytes_compressed")
-TIME_COLUMNS = ("time_build_s", "time_train_s", "time_eval_trained_s", "time_compress_s",
-                "time_eval_compressed_s", "time_finetune_s", "time_eval_finetuned_s", "time_total_s")
-TABLE_COLUMNS = ("arch", *ARCH_PARAMS, "seed", *ACCURACY_COLUMNS, *LOSS_COLUMNS, *SIZE_COLUMNS,
-                 *TIME_COLUMNS, "precision", "num_threads")
+TIME_COLUMNS_V1 = ("time_build_s", "time_train_s", "time_eval_trained_s", "time_compress_s",
+                   "time_eval_compressed_s", "time_finetune_s", "time_eval_finetuned_s", "time_total_s")
+TIME_COLUMNS = (*TIME_COLUMNS_V1, "time_eval_test_s")
+#: The columns of each schema version, in file order (:data:`TABLE_COLUMNS`: the current one).
+SCHEMA_COLUMNS = {
+    1: ("arch", *ARCH_PARAMS, "seed", *ACCURACY_COLUMNS, *LOSS_COLUMNS, *SIZE_COLUMNS, *TIME_COLUMNS_V1,
+        "precision", "num_threads"),
+    2: ("arch", *ARCH_PARAMS, "seed", *ACCURACY_COLUMNS, *LOSS_COLUMNS, *TEST_ACCURACY_COLUMNS, *TEST_LOSS_COLUMNS,
+        *SIZE_COLUMNS, *TIME_COLUMNS, "precision", "num_threads"),
+}
+TABLE_COLUMNS = SCHEMA_COLUMNS[SCHEMA_VERSION]
 INT_COLUMNS = (*ARCH_PARAMS, "seed", *SIZE_COLUMNS, "num_threads")
-FLOAT_COLUMNS = (*ACCURACY_COLUMNS, *LOSS_COLUMNS, *TIME_COLUMNS)
+FLOAT_COLUMNS = (*ACCURACY_COLUMNS, *LOSS_COLUMNS, *TEST_ACCURACY_COLUMNS, *TEST_LOSS_COLUMNS, *TIME_COLUMNS)
 STR_COLUMNS = ("arch", "precision")
-#: Numeric columns kept as ``(n_archs, n_seeds)`` arrays by :class:`BenchTable`.
+#: Numeric columns kept as ``(n_archs, n_seeds)`` arrays by :class:`BenchTable` (NaN where a schema lacks them).
 NUMERIC_COLUMNS = (*FLOAT_COLUMNS, *SIZE_COLUMNS, "num_threads")
 
-MANIFEST_KEYS = ("schema_version", "space", "model", "data", "train", "finetune", "compression", "seeds",
-                 "n_rows", "versions", "machine", "total_seconds", "content_hash", "command")
-#: Metric name -> accuracy column.
+MANIFEST_KEYS_V1 = ("schema_version", "space", "model", "data", "train", "finetune", "compression", "seeds",
+                    "n_rows", "versions", "machine", "total_seconds", "content_hash", "command")
+#: The manifest keys of each schema version (:data:`MANIFEST_KEYS`: the current one).
+SCHEMA_MANIFEST_KEYS = {1: MANIFEST_KEYS_V1, 2: (*MANIFEST_KEYS_V1, "preregistration")}
+MANIFEST_KEYS = SCHEMA_MANIFEST_KEYS[SCHEMA_VERSION]
+#: Metric name -> accuracy column (validation rows: what searches select on).
 METRIC_COLUMNS = {"trained": "accuracy_trained", "compressed": "accuracy_compressed", "finetuned": "accuracy_finetuned"}
+#: Metric name -> test-split accuracy column (schema 2).
+TEST_METRIC_COLUMNS = {m: f"test_{c}" for m, c in METRIC_COLUMNS.items()}
+#: The splits a metric can be read on: ``val`` (selection) and ``test`` (held out).
+SPLITS = ("val", "test")
 #: Search variant -> the metric its studies optimise.
 VARIANT_METRICS = {"baseline": "trained", "compress": "compressed", "compress_finetune": "finetuned"}
 
-#: Fields that do not change results, left out of :func:`check_compatible`.
+#: Fields that do not change results, left out of :func:`check_compatible`. ``data.n_test`` is not
+#: one since schema 2 (the test columns are measured on those rows); schema-1 tables never used it.
 NEUTRAL_FIELDS = {
-    "data": ("data_dir", "cache_dir", "n_test"),
+    "data": ("data_dir", "cache_dir"),
     # ``seed`` is the table's seed axis (a live study sets it from search.seeds)
     "train": ("progress", "num_threads", "log_every", "eval_every", "eval_batch_size", "seed"),
     "model": ("attn_implementation", "seed", *ARCH_PARAMS),
@@ -105,8 +139,9 @@ def arch_id(params: Mapping[str, Any]) -> str:
 
 
 def buildable(params: Mapping[str, Any]) -> bool:
-    """Whether the model can be built (``hidden_size`` divisible by ``num_attention_heads``)."""
-    return int(params["hidden_size"]) % int(params["num_attention_heads"]) == 0
+    """Whether the model can be built (``hidden_size`` divisible by ``num_attention_heads``: the family
+    check, :func:`mase_lite.families.head_layout_problem`)."""
+    return head_layout_problem(params["hidden_size"], params["num_attention_heads"]) is None
 
 
 def space_combinations(space: Mapping[str, Sequence[int]]) -> list[dict[str, int]]:
@@ -190,11 +225,13 @@ def write_manifest(directory: str | Path, *, space: Mapping[str, Sequence[int]],
                    data: Mapping[str, Any], train: Mapping[str, Any], finetune: Mapping[str, Any],
                    compression: Mapping[str, Any], seeds: Sequence[int], total_seconds: float,
                    command: str | Sequence[str], versions: Mapping[str, str] | None = None,
-                   machine: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   machine: Mapping[str, Any] | None = None,
+                   preregistration: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``directory/manifest.json`` for the ``table.csv`` already there; returns the manifest.
 
     ``n_rows`` and ``content_hash`` are computed from the table; ``versions`` defaults to
-    :func:`package_versions`, ``machine`` to :func:`machine_info` (no threads/precision).
+    :func:`package_versions`, ``machine`` to :func:`machine_info` (no threads/precision);
+    ``preregistration``: the analysis plan fixed before the build (default ``{}``: none).
     """
     directory = Path(directory)
     table = directory / TABLE_FILE
@@ -217,6 +254,7 @@ def write_manifest(directory: str | Path, *, space: Mapping[str, Sequence[int]],
         "total_seconds": float(total_seconds),
         "content_hash": file_hash(table),
         "command": command if isinstance(command, str) else " ".join(map(str, command)),
+        "preregistration": copy.deepcopy(dict(preregistration or {})),
     }
     path = directory / MANIFEST_FILE
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: several build workers may finish together
@@ -248,13 +286,18 @@ def _parse(column: str, raw: str, where: str) -> Any:
 def _check_manifest(m: Any, path: Path) -> None:
     if not isinstance(m, dict):
         raise TableError(f"{path}: must be a JSON object with keys {', '.join(MANIFEST_KEYS)}")
-    missing = [k for k in MANIFEST_KEYS if k not in m]
+    version = m.get("schema_version")
+    if isinstance(version, bool) or version not in READABLE_SCHEMAS:
+        raise TableError(f"{path}: schema_version = {version!r}; this mase-lite reads schema versions "
+                         f"{', '.join(map(str, READABLE_SCHEMAS))} (rebuild the table with `mase-lite bench build`)")
+    keys = SCHEMA_MANIFEST_KEYS[version]
+    missing = [k for k in keys if k not in m]
     if missing:
-        raise TableError(f"{path}: missing key(s) {', '.join(missing)} (keys of schema version {SCHEMA_VERSION}: "
-                         f"{', '.join(MANIFEST_KEYS)})")
-    if m["schema_version"] != SCHEMA_VERSION:
-        raise TableError(f"{path}: schema_version = {m['schema_version']!r}; this mase-lite reads schema version "
-                         f"{SCHEMA_VERSION} (rebuild the table with `mase-lite bench build`)")
+        raise TableError(f"{path}: missing key(s) {', '.join(missing)} (keys of schema version {version}: "
+                         f"{', '.join(keys)})")
+    if version >= 2 and not isinstance(m["preregistration"], dict):
+        raise TableError(f"{path}: preregistration must be an object ({{}} when nothing was pre-registered), "
+                         f"got {m['preregistration']!r}")
     space = m["space"]
     if not isinstance(space, dict) or set(space) != set(ARCH_PARAMS):
         got = sorted(space) if isinstance(space, dict) else space
@@ -315,19 +358,21 @@ class BenchTable:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise TableError(f"{manifest_path}: invalid JSON: {exc}") from None
         _check_manifest(manifest, manifest_path)
+        version = manifest["schema_version"]
+        columns = SCHEMA_COLUMNS[version]
         with table_path.open(newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None:
-                raise TableError(f"{table_path}: empty file (expected the header {', '.join(TABLE_COLUMNS)})")
-            missing = [c for c in TABLE_COLUMNS if c not in header]
-            unknown = [c for c in header if c not in TABLE_COLUMNS]
+                raise TableError(f"{table_path}: empty file (expected the header {', '.join(columns)})")
+            missing = [c for c in columns if c not in header]
+            unknown = [c for c in header if c not in columns]
             if missing or unknown or len(header) != len(set(header)):
                 parts = ([f"missing column(s) {', '.join(missing)}"] if missing else []) + \
                         ([f"unknown column(s) {', '.join(unknown)}"] if unknown else []) + \
                         (["repeated column names"] if len(header) != len(set(header)) else [])
-                raise TableError(f"{table_path}: {'; '.join(parts)} (schema version {SCHEMA_VERSION} columns: "
-                                 f"{', '.join(TABLE_COLUMNS)})")
+                raise TableError(f"{table_path}: {'; '.join(parts)} (schema version {version} columns: "
+                                 f"{', '.join(columns)})")
             raw_rows = list(reader)
         if file_hash(table_path) != manifest["content_hash"]:
             raise TableError(f"{table_path}: {TABLE_FILE} does not match {MANIFEST_FILE}'s content_hash: the table "
@@ -370,13 +415,13 @@ class BenchTable:
                 raise TableError(f"{where}: duplicate (arch, seed) = ({key[0]!r}, {key[1]}), also on line {seen[key]}; "
                                  f"each architecture has one row per seed")
             seen[key] = n
-            for c in ACCURACY_COLUMNS:
-                v = row[c]
+            for c in (*ACCURACY_COLUMNS, *TEST_ACCURACY_COLUMNS):
+                v = row.get(c, math.nan)
                 if not math.isnan(v) and not 0.0 <= v <= 1.0:
                     raise TableError(f"{where}: {c} = {v} is out of range; accuracies are in [0, 1] (nan for a failed run)")
             i, j = index[row["arch"]], seed_index[row["seed"]]
             for c in NUMERIC_COLUMNS:
-                values[c][i, j] = row[c]
+                values[c][i, j] = row.get(c, math.nan)  # NaN for a column the table's schema lacks
             precision[row["arch"]][j] = row["precision"]
         for a in archs:
             for s in seeds:
@@ -402,19 +447,37 @@ class BenchTable:
     def n_archs(self) -> int:
         return len(self.archs)
 
+    @property
+    def schema_version(self) -> int:
+        return int(self.manifest["schema_version"])
+
+    @property
+    def has_test(self) -> bool:
+        """Whether the table has test-split accuracies (schema 2, some of them not NaN)."""
+        return self.schema_version >= 2 and any(bool(np.any(~np.isnan(self.values[c]))) for c in TEST_ACCURACY_COLUMNS)
+
+    def n_rows_of(self, split: str) -> int | None:
+        """Rows of ``split`` (``val``: ``data.n_val``, ``test``: ``data.n_test``) each accuracy was measured on."""
+        key = {"val": "n_val", "test": "n_test"}[split]
+        n = self.manifest.get("data", {}).get(key)
+        return int(n) if isinstance(n, int) and not isinstance(n, bool) else None
+
     @staticmethod
-    def column(metric: str) -> str:
-        """The column of ``metric`` (``trained``/``compressed``/``finetuned`` or a numeric column name)."""
+    def column(metric: str, split: str = "val") -> str:
+        """The column of ``metric`` (``trained``/``compressed``/``finetuned`` on ``split`` ``val`` or ``test``,
+        or a numeric column name)."""
+        if split not in SPLITS:
+            raise TableError(f"split = {split!r} is not valid; choose one of: {', '.join(SPLITS)}")
         if metric in METRIC_COLUMNS:
-            return METRIC_COLUMNS[metric]
+            return (METRIC_COLUMNS if split == "val" else TEST_METRIC_COLUMNS)[metric]
         if metric in NUMERIC_COLUMNS:
             return metric
         raise TableError(f"metric = {metric!r} is not valid; choose one of: {', '.join(METRIC_COLUMNS)} "
                          f"(or a numeric column: {', '.join(NUMERIC_COLUMNS)})")
 
-    def array(self, metric: str) -> np.ndarray:
-        """``(n_archs, n_seeds)`` values of ``metric``."""
-        return self.values[self.column(metric)]
+    def array(self, metric: str, split: str = "val") -> np.ndarray:
+        """``(n_archs, n_seeds)`` values of ``metric`` (on ``split`` for an accuracy metric)."""
+        return self.values[self.column(metric, split)]
 
     def means(self, metric: str) -> np.ndarray:
         """Per-architecture mean over seeds (NaN seeds left out; NaN if all are), in ``archs`` order."""
@@ -526,7 +589,8 @@ def check_compatible(table: BenchTable, run_cfg: Any, sampler_specs: Sequence[st
 
     Compared: the samplers (no ``+nodes``), the ``[space]`` lists (order-insensitive), the fixed
     ``[model]`` fields, ``[data]`` and ``[train]`` fields that change results (:data:`NEUTRAL_FIELDS`
-    are ignored; a field absent on one side counts as its default), ``[finetune]`` if ``finetuned`` is
+    are ignored, and ``data.n_test`` for a schema-1 table, which has no test columns; a field absent on
+    one side counts as its default), ``[finetune]`` if ``finetuned`` is
     among ``metrics`` and the compression pipeline (defaults of the pass configs filled in) if
     ``compressed`` or ``finetuned`` is.
     """
@@ -546,7 +610,8 @@ def check_compatible(table: BenchTable, run_cfg: Any, sampler_specs: Sequence[st
         if t != c:
             raise TableError(_diff_message(f"space.{p}", t, c))
     _compare_section("model", m["model"], run_cfg.model.to_dict(), _field_defaults(ModelConfig), NEUTRAL_FIELDS["model"])
-    _compare_section("data", m["data"], run_cfg.data.to_dict(), _field_defaults(DataConfig), NEUTRAL_FIELDS["data"])
+    data_neutral = (*NEUTRAL_FIELDS["data"], *(("n_test",) if table.schema_version < 2 else ()))  # schema 1: unused
+    _compare_section("data", m["data"], run_cfg.data.to_dict(), _field_defaults(DataConfig), data_neutral)
     _compare_section("train", m["train"], run_cfg.train.to_dict(), _field_defaults(TrainConfig), NEUTRAL_FIELDS["train"])
     metrics = set(metrics)
     if "finetuned" in metrics:
