@@ -122,6 +122,15 @@ def onnx_latency_ms(graph: MaseGraph, runs: int = LATENCY_RUNS, threads: int = L
         return float(statistics.median(times))
 
 
+def has_test_rows(splits: Any) -> bool:
+    """Whether ``splits`` can be evaluated on a test split: False only for loaded splits whose ``test``
+    is missing or empty (a lifecycle that loads no data, e.g. a fake one in tests, passes ``None``)."""
+    if splits is None:
+        return True
+    test = getattr(splits, "test", None)
+    return test is not None and len(test) > 0
+
+
 def measure_objectives(graph: MaseGraph, objectives: list[str], rec: "TrialRecord") -> None:
     """Measure the :data:`MEASURED` objectives among ``objectives`` and record them as user attributes
     (on a CPU copy: the export and ONNX Runtime run on the CPU, whatever device trained the graph)."""
@@ -527,6 +536,8 @@ class BaseObjective(abc.ABC):
         """Evaluate ``graph`` on the test split (never an objective): after ``stage`` when ``test_eval`` is
         ``all``; the final graph (``stage`` None) as ``test_accuracy``, ``test_loss``, ``test_n``."""
         if self.ctx.test_eval == "none" or (stage is not None and self.ctx.test_eval != "all"):
+            return
+        if not has_test_rows(self.ctx.splits):  # data loaded without a test split: nothing held out to score
             return
         with rec.phase("eval_test"):
             m = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, self.ctx.train, train=False, split="test")

@@ -355,8 +355,13 @@ def compress_after_nas(cfg: RunConfig, specs: list[StudySpec], storage, get_spli
     return out
 
 
-def _test_accuracy(lc: Lifecycle, graph: Any, splits: Any, cfg: RunConfig) -> float:
-    """``graph``'s accuracy on the test split (held out: compress-after-NAS selected on validation rows)."""
+def _test_accuracy(lc: Lifecycle, graph: Any, splits: Any, cfg: RunConfig) -> float | None:
+    """``graph``'s accuracy on the test split (held out: compress-after-NAS selected on validation rows);
+    None when the loaded data have no test split."""
+    from .objectives import has_test_rows
+
+    if not has_test_rows(splits):
+        return None
     return lc.train_and_eval(graph, splits, cfg.train, train=False, split="test")["accuracy"]
 
 
