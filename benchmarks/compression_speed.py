@@ -94,7 +94,7 @@ def timed(fn, device: str = "cpu") -> float:
     return time.perf_counter() - t0
 
 
-def main(argv=None) -> int:
+def _parse_args(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
@@ -114,9 +114,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--format", default="integer", help=f"number format of the quantize step: {', '.join(FORMAT_ENTRIES)}")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
+
+def _build(args):
+    """(float32 graph, compressed graph, batch, labels), all on ``args.device``."""
     cfg = ModelConfig(num_hidden_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
                       intermediate_size=args.intermediate, hidden_dropout_prob=0.0,
                       attention_probs_dropout_prob=0.0, seed=0)
@@ -132,12 +134,11 @@ def main(argv=None) -> int:
     fp32.to(args.device), comp.to(args.device)
     batch = {k: v.to(args.device) for k, v in batch.items()}
     labels = torch.randint(0, 2, (args.batch,), generator=g).to(args.device)
-    dev_type = torch.device(args.device).type
-    amp = (lambda: torch.autocast(dev_type, dtype=torch.bfloat16)) if args.precision == "bf16" else nullcontext
+    return fp32, comp, batch, labels
 
-    with torch.inference_mode(), amp():
-        fp32.eval(), comp.eval()
-        same = torch.equal(comp(**batch).logits, reference_graph(comp).eval()(**batch).logits)
+
+def _workloads(batch, labels, amp):
+    """``forward(graph)`` and ``step(graph)`` (a training step, one AdamW per graph) on the batch."""
 
     def forward(graph):
         graph.eval()
@@ -157,15 +158,16 @@ def main(argv=None) -> int:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def formulation(name: str):
-        """The context a graph entry runs in: the torch formulation entry without the native operator."""
-        return native.disabled() if name == "torch_formulation" else nullcontext()
+    return forward, step
 
-    graphs = {"fp32": fp32, "compressed": comp}
-    if args.torch_formulation:
-        graphs["torch_formulation"] = comp  # the same graph, run under native.disabled()
-    if args.reference:
-        graphs["reference"] = reference_graph(comp)
+
+def formulation(name: str):
+    """The context a graph entry runs in: the torch formulation entry without the native operator."""
+    return native.disabled() if name == "torch_formulation" else nullcontext()
+
+
+def _time_graphs(graphs: dict, forward, step, args, dev_type: str) -> dict[str, dict[str, float]]:
+    """Median milliseconds of each graph's forward pass and training step, in alternating repeats."""
     results: dict[str, dict[str, float]] = {}
     for what, fn in (("forward", forward), ("train_step", step)):
         # forward: as in an evaluation, all batches run in one frozen-weights block, so derived
@@ -184,14 +186,11 @@ def main(argv=None) -> int:
                     times[n].append(timed(lambda: fn(graphs[n]), dev_type))
         results[what] = {n: statistics.median(v) * 1e3 for n, v in times.items()}
         scope.__exit__(None, None, None)
+    return results
 
-    ratios = {what: {n: r[n] / r["fp32"] for n in r if n != "fp32"} for what, r in results.items()}
-    out = {"config": vars(args), "torch": torch.__version__, "native_operator": native.available(),
-           "equal_to_reference": same,
-           "ms": results, "ratio_to_fp32": ratios}
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return 0
+
+def _print_report(args, out: dict) -> None:
+    same, results, ratios = out["equal_to_reference"], out["ms"], out["ratio_to_fp32"]
     print(f"format: {args.format}")
     print(f"bert L{args.layers} H{args.hidden} A{args.heads} I{args.intermediate}, batch {args.batch}x{args.seq}, "
           f"{args.device}, {args.threads} threads, {args.precision}, torch {torch.__version__}, median of {args.repeats}")
@@ -201,6 +200,34 @@ def main(argv=None) -> int:
         cells = "  ".join(f"{n} {ms:8.1f} ms" for n, ms in r.items())
         rat = "  ".join(f"{n}/fp32 = {x:.2f}x" for n, x in ratios[what].items())
         print(f"{what:<11} {cells}   {rat}")
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    torch.set_num_threads(args.threads)
+    fp32, comp, batch, labels = _build(args)
+    dev_type = torch.device(args.device).type
+    amp = (lambda: torch.autocast(dev_type, dtype=torch.bfloat16)) if args.precision == "bf16" else nullcontext
+
+    with torch.inference_mode(), amp():
+        fp32.eval(), comp.eval()
+        same = torch.equal(comp(**batch).logits, reference_graph(comp).eval()(**batch).logits)
+
+    forward, step = _workloads(batch, labels, amp)
+    graphs = {"fp32": fp32, "compressed": comp}
+    if args.torch_formulation:
+        graphs["torch_formulation"] = comp  # the same graph, run under native.disabled()
+    if args.reference:
+        graphs["reference"] = reference_graph(comp)
+    results = _time_graphs(graphs, forward, step, args, dev_type)
+    ratios = {what: {n: r[n] / r["fp32"] for n in r if n != "fp32"} for what, r in results.items()}
+    out = {"config": vars(args), "torch": torch.__version__, "native_operator": native.available(),
+           "equal_to_reference": same,
+           "ms": results, "ratio_to_fp32": ratios}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    _print_report(args, out)
     return 0
 
 

@@ -131,6 +131,30 @@ def run_arm(arm: str, artefact: str, inputs: str, threads: int, runs: int, runs_
 
 # ------------------------------------------------------------------------------------------- driver
 
+def _pad(rows, pad_id: int, n: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows as (ids, attention mask) arrays of ``n`` columns."""
+    ids = np.full((len(rows), n), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), n), dtype=np.int64)
+    for i, r in enumerate(rows):
+        r = list(r)[:n]
+        ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+def _write_inputs(work: Path, splits, batch: int) -> int:
+    """``work/inputs.npz``: a batch, one full-length row, every test row and the labels; returns the test rows."""
+    test_ids = [splits.test[i]["input_ids"] for i in range(len(splits.test))]
+    labels = np.array([splits.test[i]["labels"] for i in range(len(splits.test))])
+    ids, mask = _pad(test_ids[:batch], splits.pad_id)
+    one = max(test_ids, key=len)  # a full-length review: 128 tokens
+    one_ids, one_mask = _pad([one], splits.pad_id)
+    eval_ids, eval_mask = _pad(test_ids, splits.pad_id)
+    np.savez(work / "inputs.npz", ids=ids, mask=mask, one_ids=one_ids, one_mask=one_mask,
+             eval_ids=eval_ids, eval_mask=eval_mask, labels=labels)
+    return len(test_ids)
+
+
 def build(work: Path, train_rows: int, eval_rows: int, batch: int, seed: int) -> dict:
     """Train, compress and export bert-tiny; write the inputs file. Returns artefact paths and sizes."""
     import torch
@@ -163,27 +187,10 @@ def build(work: Path, train_rows: int, eval_rows: int, batch: int, seed: int) ->
     compact = export_graph(comp, work / "compact")
     onnx_fp32 = export_graph(graph, work / "onnx_fp32", format="onnx")
     onnx_comp = export_graph(comp, work / "onnx_compressed", format="onnx")
-
-    def pad(rows, n=128):
-        ids = np.full((len(rows), n), splits.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), n), dtype=np.int64)
-        for i, r in enumerate(rows):
-            r = list(r)[:n]
-            ids[i, :len(r)] = r
-            mask[i, :len(r)] = 1
-        return ids, mask
-
-    test_ids = [splits.test[i]["input_ids"] for i in range(len(splits.test))]
-    labels = np.array([splits.test[i]["labels"] for i in range(len(splits.test))])
-    ids, mask = pad(test_ids[:batch])
-    one = max(test_ids, key=len)  # a full-length review: 128 tokens
-    one_ids, one_mask = pad([one])
-    eval_ids, eval_mask = pad(test_ids)
-    np.savez(work / "inputs.npz", ids=ids, mask=mask, one_ids=one_ids, one_mask=one_mask,
-             eval_ids=eval_ids, eval_mask=eval_mask, labels=labels)
+    n_eval = _write_inputs(work, splits, batch)
     state_bytes = sum(v.numel() * v.element_size() for v in graph.gm.state_dict().values())
     return {
-        "train_rows": train_rows, "train_s": round(train_s, 1), "eval_rows": len(test_ids),
+        "train_rows": train_rows, "train_s": round(train_s, 1), "eval_rows": n_eval,
         "accuracy_fp32": acc_fp32, "accuracy_compressed": acc_comp,
         "artefacts": {"torch_fp32": str(fp32_dir), "sim": str(work / "compact"),
                       "ort_fp32": onnx_fp32["path"], "ort_compressed": onnx_comp["path"]},
@@ -194,52 +201,32 @@ def build(work: Path, train_rows: int, eval_rows: int, batch: int, seed: int) ->
     }
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("docs/results/export_onnx"))
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per arm")
-    p.add_argument("--runs-batch", type=int, default=30, help="timed batch runs per arm")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--train-rows", type=int, default=2000)
-    p.add_argument("--eval-rows", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", type=Path, help="keep the trained/exported artefacts here (a second run reuses them)")
-    p.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
-    p.add_argument("--artefact", help=argparse.SUPPRESS)
-    p.add_argument("--inputs", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.arm:  # child process
-        print(json.dumps(run_arm(args.arm, args.artefact, args.inputs, args.threads, args.runs, args.runs_batch)))
-        return 0
+def _run_arms(args: argparse.Namespace, work: Path, info: dict) -> dict:
+    """Each arm timed in its own process, then its accuracy and agreement with the simulation."""
+    arms = {}
+    for arm in ARMS:
+        cmd = [sys.executable, __file__, "--arm", arm, "--artefact", info["artefacts"][arm],
+               "--inputs", str(work / "inputs.npz"), "--threads", str(args.threads), "--runs", str(args.runs),
+               "--runs-batch", str(args.runs_batch)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        arms[arm] = json.loads(res.stdout.strip().splitlines()[-1])
+        arms[arm]["file_bytes"] = info["file_bytes"][arm]
+        print(f"{arm}: {arms[arm]}", file=sys.stderr)
+    labels = np.load(work / "inputs.npz")["labels"]
+    sim = np.load(work / "logits_sim.npy")
+    for arm in ARMS:
+        lg = np.load(work / f"logits_{arm}.npy")
+        arms[arm]["accuracy"] = round(float((lg.argmax(-1) == labels).mean()), 4)
+        arms[arm]["labels_equal_to_sim"] = int((lg.argmax(-1) == sim.argmax(-1)).sum())
+        arms[arm]["max_abs_logit_diff_vs_sim"] = float(np.abs(lg - sim).max())
+    return arms
+
+
+def _write_results(args: argparse.Namespace, info: dict, arms: dict, t_start: float) -> None:
+    """``results.json`` and the ``results.md`` table in ``--out`` (the table printed too)."""
     from mase_lite.machine import cpu_flags, cpu_model
 
-    t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="export-onnx-bench-") as tmp:
-        work = Path(args.work or tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        if (work / "build.json").is_file():  # --work DIR of an earlier run: its artefacts are reused
-            info = json.loads((work / "build.json").read_text())
-        else:
-            info = build(work, args.train_rows, args.eval_rows, args.batch, args.seed)
-            (work / "build.json").write_text(json.dumps(info))
-        arms = {}
-        for arm in ARMS:
-            cmd = [sys.executable, __file__, "--arm", arm, "--artefact", info["artefacts"][arm],
-                   "--inputs", str(work / "inputs.npz"), "--threads", str(args.threads), "--runs", str(args.runs),
-                   "--runs-batch", str(args.runs_batch)]
-            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-            arms[arm] = json.loads(res.stdout.strip().splitlines()[-1])
-            arms[arm]["file_bytes"] = info["file_bytes"][arm]
-            print(f"{arm}: {arms[arm]}", file=sys.stderr)
-        labels = np.load(work / "inputs.npz")["labels"]
-        sim = np.load(work / "logits_sim.npy")
-        for arm in ARMS:
-            lg = np.load(work / f"logits_{arm}.npy")
-            arms[arm]["accuracy"] = round(float((lg.argmax(-1) == labels).mean()), 4)
-            arms[arm]["labels_equal_to_sim"] = int((lg.argmax(-1) == sim.argmax(-1)).sum())
-            arms[arm]["max_abs_logit_diff_vs_sim"] = float(np.abs(lg - sim).max())
     flags = cpu_flags()
     interesting = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
     import onnxruntime
@@ -269,6 +256,37 @@ def main(argv=None) -> int:
                      f"{a['labels_equal_to_sim']}/{info['eval_rows']} | {a['max_abs_logit_diff_vs_sim']:.3g} |")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("docs/results/export_onnx"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per arm")
+    p.add_argument("--runs-batch", type=int, default=30, help="timed batch runs per arm")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--train-rows", type=int, default=2000)
+    p.add_argument("--eval-rows", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, help="keep the trained/exported artefacts here (a second run reuses them)")
+    p.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
+    p.add_argument("--artefact", help=argparse.SUPPRESS)
+    p.add_argument("--inputs", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.arm:  # child process
+        print(json.dumps(run_arm(args.arm, args.artefact, args.inputs, args.threads, args.runs, args.runs_batch)))
+        return 0
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="export-onnx-bench-") as tmp:
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if (work / "build.json").is_file():  # --work DIR of an earlier run: its artefacts are reused
+            info = json.loads((work / "build.json").read_text())
+        else:
+            info = build(work, args.train_rows, args.eval_rows, args.batch, args.seed)
+            (work / "build.json").write_text(json.dumps(info))
+        arms = _run_arms(args, work, info)
+    _write_results(args, info, arms, t_start)
     return 0
 
 

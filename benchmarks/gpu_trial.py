@@ -67,7 +67,7 @@ def one_trial(device: str, arch: dict, n_train: int | None, n_val: int, threads:
     sync()
     t["train"], t["eval_trained"] = trained["train_s"], trained["eval_s"]
     t0 = time.perf_counter()
-    graph = lc.compress(graph, DEFAULT_COMPRESSION)
+    graph = lc.compress(graph, DEFAULT_COMPRESSION, splits)
     t["compress"] = time.perf_counter() - t0
     compressed = lc.train_and_eval(graph, splits, train_cfg, train=False)
     sync()

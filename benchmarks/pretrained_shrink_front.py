@@ -51,6 +51,49 @@ def forward_ms(graphs: dict[int, torch.nn.Module], batch: int, repeats: int, thr
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _trial_rows(study: optuna.Study) -> list[dict]:
+    """One row per complete trial: its shrink choices, accuracies, size, parameters, MACs and graph folder."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    front = {t.number for t in study.best_trials} if len(study.directions) > 1 else set()
+    rows = []
+    for t in done:
+        ua, cost, sh = t.user_attrs, t.user_attrs.get("cost") or {}, t.user_attrs.get("shrink") or {}
+        heads = sh.get("heads") or {}
+        rows.append({
+            "trial": t.number, "on_front": t.number in front,
+            "layers_kept": " ".join(map(str, sh.get("layers_kept") or [])),
+            "heads": "/".join(str(heads[k]) for k in sorted(heads, key=int)), "ffn": sh.get("ffn"),
+            "accuracy_finetuned": ua.get("accuracy_trained"), "accuracy": ua.get("accuracy"),
+            "size_mb_non_embedding": cost.get("size_bytes_compressed_non_embedding", 0) / 1e6,
+            "params": cost.get("params"), "gmacs": (cost.get("macs") or 0) / 1e9,
+            "graph_dir": ua.get("graph_dir") or "", "seconds": (ua.get("timings") or {}).get("total"),
+        })
+    return rows
+
+
+def _plot(rows: list[dict], on: list[dict], refs: list[tuple[str, float]], study_name: str, path: Path) -> None:
+    """``pareto.png``: accuracy against compressed non-embedding size and against MACs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, label in ((axes[0], "size_mb_non_embedding", "compressed non-embedding size (MB)"),
+                           (axes[1], "gmacs", "GMACs per 128-token row")):
+        ax.scatter([r[key] for r in rows], [r["accuracy"] for r in rows], c="tab:blue", alpha=0.6, label="trials")
+        ax.plot([r[key] for r in sorted(on, key=lambda r: r[key])], [r["accuracy"] for r in sorted(on, key=lambda r: r[key])],
+                "o-", c="tab:red", label="Pareto front")
+        for i, (name, acc) in enumerate(refs):
+            ax.axhline(acc, ls="--", c=f"C{i + 2}", label=name)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy (compressed)")
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"{study_name}: {len(rows)} trials")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="run folder of mase-lite search")
@@ -67,21 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     storage = f"sqlite:///{(args.run / 'optuna.db').resolve()}"
     names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
     study = optuna.load_study(study_name=args.study or names[0], storage=storage)
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
-    front = {t.number for t in study.best_trials} if len(study.directions) > 1 else set()
-    rows = []
-    for t in done:
-        ua, cost, sh = t.user_attrs, t.user_attrs.get("cost") or {}, t.user_attrs.get("shrink") or {}
-        heads = sh.get("heads") or {}
-        rows.append({
-            "trial": t.number, "on_front": t.number in front,
-            "layers_kept": " ".join(map(str, sh.get("layers_kept") or [])),
-            "heads": "/".join(str(heads[k]) for k in sorted(heads, key=int)), "ffn": sh.get("ffn"),
-            "accuracy_finetuned": ua.get("accuracy_trained"), "accuracy": ua.get("accuracy"),
-            "size_mb_non_embedding": cost.get("size_bytes_compressed_non_embedding", 0) / 1e6,
-            "params": cost.get("params"), "gmacs": (cost.get("macs") or 0) / 1e9,
-            "graph_dir": ua.get("graph_dir") or "", "seconds": (ua.get("timings") or {}).get("total"),
-        })
+    rows = _trial_rows(study)
     saved = {r["trial"]: MaseGraph.load(r["graph_dir"]) for r in rows
              if r["on_front"] and r["graph_dir"] and Path(r["graph_dir"]).is_dir()}
     times = forward_ms(saved, args.batch, args.repeats, args.threads) if saved else {}
@@ -101,26 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                                                "threads": args.threads},
         "command": "python benchmarks/pretrained_shrink_front.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }, indent=2) + "\n")
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, key, label in ((axes[0], "size_mb_non_embedding", "compressed non-embedding size (MB)"),
-                           (axes[1], "gmacs", "GMACs per 128-token row")):
-        ax.scatter([r[key] for r in rows], [r["accuracy"] for r in rows], c="tab:blue", alpha=0.6, label="trials")
-        ax.plot([r[key] for r in sorted(on, key=lambda r: r[key])], [r["accuracy"] for r in sorted(on, key=lambda r: r[key])],
-                "o-", c="tab:red", label="Pareto front")
-        for i, (name, acc) in enumerate(refs):
-            ax.axhline(acc, ls="--", c=f"C{i + 2}", label=name)
-        ax.set_xlabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation accuracy (compressed)")
-    axes[1].legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"{study.study_name}: {len(rows)} trials")
-    fig.tight_layout()
-    fig.savefig(args.out / "pareto.png", dpi=110)
+    _plot(rows, on, refs, study.study_name, args.out / "pareto.png")
     for r in on:
         print(f"trial {r['trial']:3d}: layers {r['layers_kept']:<12} heads {r['heads']:<18} ffn {r['ffn']:>5}  "
               f"acc {r['accuracy']:.3f} (fine-tuned {r['accuracy_finetuned']:.3f})  "

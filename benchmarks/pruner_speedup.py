@@ -80,7 +80,7 @@ def trial_rows(result, arm: str) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-trials", type=int, default=30)
     p.add_argument("--n-train", type=int, default=5000)
@@ -100,57 +100,58 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summarize", action="store_true",
                    help="only recompute the load-independent figures (trained steps per arm) from --out's "
                         "trials.csv into its results.json")
-    args = p.parse_args(argv)
-    if args.summarize:
-        return summarize(args.out)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return p.parse_args(argv)
 
-    from mase_lite.machine import machine_info
-    from mase_lite.models import ModelConfig
-    from mase_lite.training import resolve_device, resolve_precision
-    from search.lifecycle import default_lifecycle
-    from search.study import load_data, run_search
 
-    device = resolve_device(args.device)
-    lc = default_lifecycle()
-    base = run_config(args, "warmup", "none")
-    t0 = time.perf_counter()
-    splits = load_data(base, lc)  # tokenised once (cached): both arms then read the cache
-    print(f"data: {len(splits.train)} train / {len(splits.val)} val rows, loaded in {time.perf_counter() - t0:.1f} s",
-          flush=True)
+def _run_arms(args: argparse.Namespace, tmp: str) -> tuple[dict[str, dict], list[dict]]:
+    """Both studies (without and with the pruner), run folders under ``tmp``: per arm its figures, and
+    one row per trial."""
+    from search.study import run_search
 
     arms = {}
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="pruner_speedup-") as tmp:
-        for arm, pruner in (("no_pruner", "none"), (args.pruner, args.pruner)):
-            cfg = run_config(args, f"ps-{arm}", pruner)
-            t0 = time.perf_counter()
-            result = run_search(cfg, Path(tmp) / arm)
-            wall = time.perf_counter() - t0
-            s = result.summary[0]
-            best = s["best"][0] if s["best"] else {}
-            arms[arm] = {"pruner": pruner, "wall_s": round(wall, 1), "best_accuracy": best.get("accuracy"),
-                         "best_trial": best.get("trial"), "best_arch": best.get("arch"), "trials": s["trials"]}
-            rows += trial_rows(result, arm)
-            print(f"{arm:>20}: wall {wall:7.1f} s  best accuracy {best.get('accuracy')}  trials {s['trials']}",
-                  flush=True)
+    for arm, pruner in (("no_pruner", "none"), (args.pruner, args.pruner)):
+        cfg = run_config(args, f"ps-{arm}", pruner)
+        t0 = time.perf_counter()
+        result = run_search(cfg, Path(tmp) / arm)
+        wall = time.perf_counter() - t0
+        s = result.summary[0]
+        best = s["best"][0] if s["best"] else {}
+        arms[arm] = {"pruner": pruner, "wall_s": round(wall, 1), "best_accuracy": best.get("accuracy"),
+                     "best_trial": best.get("trial"), "best_arch": best.get("arch"), "trials": s["trials"]}
+        rows += trial_rows(result, arm)
+        print(f"{arm:>20}: wall {wall:7.1f} s  best accuracy {best.get('accuracy')}  trials {s['trials']}",
+              flush=True)
+    return arms, rows
 
-        # seed noise: the best architecture of each arm, retrained with other model seeds
-        noise = {}
-        for arm, a in arms.items():
-            arch = {k: v for k, v in (a["best_arch"] or {}).items() if k in SPACE}
-            if not arch or not args.noise_seeds:
-                continue
-            accs = []
-            for seed in args.noise_seeds:
-                cfg = run_config(args, "noise", "none")
-                model = ModelConfig.from_dict({**cfg.model.to_dict(), **arch, "seed": seed,
-                                               "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
-                graph = lc.build(model)
-                accs.append(lc.train_and_eval(graph, splits, cfg.train.replace(seed=seed))["accuracy"])
-            noise[arm] = {"arch": arch, "seeds": args.noise_seeds, "accuracies": accs,
-                          "with_search_seed": [a["best_accuracy"], *accs]}
-            print(f"{arm:>20}: best arch retrained with seeds {args.noise_seeds}: {accs}", flush=True)
+
+def _seed_noise(args: argparse.Namespace, arms: dict[str, dict], lc, splits) -> dict[str, dict]:
+    """The best architecture of each arm, retrained with the other model seeds ``--noise-seeds``."""
+    from mase_lite.models import ModelConfig
+
+    noise = {}
+    for arm, a in arms.items():
+        arch = {k: v for k, v in (a["best_arch"] or {}).items() if k in SPACE}
+        if not arch or not args.noise_seeds:
+            continue
+        accs = []
+        for seed in args.noise_seeds:
+            cfg = run_config(args, "noise", "none")
+            model = ModelConfig.from_dict({**cfg.model.to_dict(), **arch, "seed": seed,
+                                           "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+            graph = lc.build(model)
+            accs.append(lc.train_and_eval(graph, splits, cfg.train.replace(seed=seed))["accuracy"])
+        noise[arm] = {"arch": arch, "seeds": args.noise_seeds, "accuracies": accs,
+                      "with_search_seed": [a["best_accuracy"], *accs]}
+        print(f"{arm:>20}: best arch retrained with seeds {args.noise_seeds}: {accs}", flush=True)
+    return noise
+
+
+def _write_results(args: argparse.Namespace, arms: dict[str, dict], noise: dict[str, dict], rows: list[dict],
+                   device) -> None:
+    """Print the comparison and write ``results.json`` and ``trials.csv`` into ``--out``."""
+    from mase_lite.machine import machine_info
+    from mase_lite.training import resolve_precision
 
     no, pr = arms["no_pruner"], arms[args.pruner]
     ratio = no["wall_s"] / pr["wall_s"] if pr["wall_s"] else float("nan")
@@ -177,6 +178,29 @@ def main(argv: list[str] | None = None) -> int:
         w.writeheader()
         w.writerows(rows)
     print(f"wrote {args.out / 'results.json'} and {args.out / 'trials.csv'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.summarize:
+        return summarize(args.out)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from mase_lite.training import resolve_device
+    from search.lifecycle import default_lifecycle
+    from search.study import load_data
+
+    device = resolve_device(args.device)
+    lc = default_lifecycle()
+    base = run_config(args, "warmup", "none")
+    t0 = time.perf_counter()
+    splits = load_data(base, lc)  # tokenised once (cached): both arms then read the cache
+    print(f"data: {len(splits.train)} train / {len(splits.val)} val rows, loaded in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="pruner_speedup-") as tmp:
+        arms, rows = _run_arms(args, tmp)
+        noise = _seed_noise(args, arms, lc, splits)
+    _write_results(args, arms, noise, rows, device)
     return summarize(args.out)
 
 

@@ -47,6 +47,52 @@ def cuts(cfg) -> dict[str, list[tuple[str, dict]]]:
     return {"layers/2": layers, "heads/2": heads, "ffn/2": ffn, "all": layers + heads + ffn}
 
 
+def _graphs(model) -> dict:
+    """The unshrunk graph of ``model`` and each cut of :func:`cuts`, in eval mode."""
+    base = trace(model, example_inputs(model))
+    base.eval()
+    graphs = {"unshrunk": base}
+    for label, steps in cuts(model.config).items():
+        g = base.copy()
+        for pass_name, pass_cfg in steps:
+            g, _ = run_pass(g, pass_name, pass_cfg)
+        graphs[label] = g.eval()
+    return graphs
+
+
+def _forward_times(graphs: dict, x: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds per forward of each graph on ``x``: one warm-up, then ``repeats`` alternating rounds."""
+    times: dict[str, list[float]] = {k: [] for k in graphs}
+    with torch.no_grad():
+        for g in graphs.values():  # warm-up
+            g(**x)
+        for _ in range(repeats):
+            for k, g in graphs.items():
+                t0 = time.perf_counter()
+                g(**x)
+                times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def _write_results(args: argparse.Namespace, name: str, rows: list[dict]) -> None:
+    """``results.json`` and ``results.md`` in ``--out``."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {"model": name, "batch": args.batch, "seq": args.seq, "threads": args.threads, "repeats": args.repeats,
+              "torch": torch.__version__, "machine": platform.machine(), "rows": rows,
+              "note": "shared machine: timings are disturbed by other jobs; compare ratios of one run"}
+    (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    md = [f"# Structured shrinking: MACs against forward time", "",
+          f"`python benchmarks/shrink_speed.py{' --checkpoint ' + args.checkpoint if args.checkpoint else ''}` -- "
+          f"{name}; batch {args.batch} x {args.seq}, {args.threads} threads, median of {args.repeats} alternating "
+          f"repeats (shared machine, disturbed).", "",
+          "| graph | passes | params | MACs ratio | forward median (s) | forward ratio |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        passes = "; ".join(f"{n} {json.dumps(c)}" for n, c in r["passes"]) or "-"
+        md.append(f"| {r['graph']} | {passes} | {r['params']} | {r['macs_ratio']:.3f} | {r['forward_s_median']:.4f} | "
+                  f"{r['forward_ratio']:.3f} |")
+    (args.out / "results.md").write_text("\n".join(md) + "\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="a checkpoint directory or package:NAME (default: bert-small "
@@ -66,26 +112,11 @@ def main(argv=None) -> int:
                          seed=0, attn_implementation="sdpa")
         model, name = build_model(mc).eval(), "bert-small L4 H256 A4 I1024 (from config)"
     cfg = model.config
-    base = trace(model, example_inputs(model))
-    base.eval()
-    graphs = {"unshrunk": base}
-    for label, steps in cuts(cfg).items():
-        g = base.copy()
-        for pass_name, pass_cfg in steps:
-            g, _ = run_pass(g, pass_name, pass_cfg)
-        graphs[label] = g.eval()
+    graphs = _graphs(model)
     macs = {k: run_pass(g, "cost", {"seq_len": args.seq})[1] for k, g in graphs.items()}
 
     x = example_inputs(model, batch=args.batch, seq=args.seq, seed=1)
-    times: dict[str, list[float]] = {k: [] for k in graphs}
-    with torch.no_grad():
-        for g in graphs.values():  # warm-up
-            g(**x)
-        for _ in range(args.repeats):
-            for k, g in graphs.items():
-                t0 = time.perf_counter()
-                g(**x)
-                times[k].append(time.perf_counter() - t0)
+    times = _forward_times(graphs, x, args.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = []
     for k in graphs:
@@ -100,21 +131,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['graph']:<10} {r['params']:>10} {r['macs']:>14} {r['macs_ratio']:>10.3f} "
               f"{r['forward_s_median']:>12.4f} {r['forward_ratio']:>9.3f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    record = {"model": name, "batch": args.batch, "seq": args.seq, "threads": args.threads, "repeats": args.repeats,
-              "torch": torch.__version__, "machine": platform.machine(), "rows": rows,
-              "note": "shared machine: timings are disturbed by other jobs; compare ratios of one run"}
-    (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    md = [f"# Structured shrinking: MACs against forward time", "",
-          f"`python benchmarks/shrink_speed.py{' --checkpoint ' + args.checkpoint if args.checkpoint else ''}` -- "
-          f"{name}; batch {args.batch} x {args.seq}, {args.threads} threads, median of {args.repeats} alternating "
-          f"repeats (shared machine, disturbed).", "",
-          "| graph | passes | params | MACs ratio | forward median (s) | forward ratio |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        passes = "; ".join(f"{n} {json.dumps(c)}" for n, c in r["passes"]) or "-"
-        md.append(f"| {r['graph']} | {passes} | {r['params']} | {r['macs_ratio']:.3f} | {r['forward_s_median']:.4f} | "
-                  f"{r['forward_ratio']:.3f} |")
-    (args.out / "results.md").write_text("\n".join(md) + "\n")
+    _write_results(args, name, rows)
     return 0
 
 

@@ -133,7 +133,8 @@ def run_hf(splits, tokenizer, args) -> dict:
             "padding_overhead": float("nan")}
 
 
-def main(argv=None) -> int:
+def _parse_args(argv) -> tuple[argparse.Namespace, list[str]]:
+    """(the arguments, with ``threads`` resolved; the recipes to run)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-train", type=int, default=None, help="training rows (default: all 25,000)")
@@ -157,22 +158,11 @@ def main(argv=None) -> int:
     bad = [r for r in recipes if r not in ("mase", "hf")]
     if bad:
         p.error(f"--recipes: unknown recipe {bad[0]!r}; choose from mase, hf")
-    logging.basicConfig(level=logging.WARNING)
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return args, recipes
 
-    data_cfg = DataConfig(n_train=args.n_train, n_val=0, n_test=args.n_test, max_length=args.max_length,
-                          truncation=args.truncation, seed=args.data_seed)
-    tokenizer = load_tokenizer(data_cfg)
-    splits = load_splits(data_cfg, tokenizer, ("train", "test"))
-    lengths = np.asarray(splits.train["length"])
-    flops = useful_train_flops(lengths, BERT_TINY)
-    peak_before = matmul_peak(args.threads)
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, "
-          f"mase precision {resolve_precision('auto')}; fp32 1024x1024 matmul: {peak_before:.1f} GFLOP/s")
-    print(f"data: {len(splits.train)} train rows ({lengths.sum()} tokens, max_length {args.max_length}), "
-          f"{len(splits.test)} test rows; useful training matmul work {flops / 1e12:.2f} TFLOP")
 
+def _run_rounds(args, recipes: list[str], splits, tokenizer, flops: float) -> dict[str, list[dict]]:
+    """``--repeats`` rounds of every recipe, the order swapped every round; the results per recipe."""
     results: dict[str, list[dict]] = {r: [] for r in recipes}
     for rep in range(args.repeats):
         order = recipes if rep % 2 == 0 else recipes[::-1]
@@ -188,7 +178,12 @@ def main(argv=None) -> int:
             print(f"[{rep + 1}/{args.repeats}] {recipe:4s}: train {r['train_s']:7.1f} s  eval {r['eval_s']:5.1f} s  "
                   f"accuracy {r['accuracy']:.4f}  steps {r['steps']}  {r['precision']}  "
                   f"{r['gflops']:.1f} useful GFLOP/s{wait}", flush=True)
-    peak_after = matmul_peak(args.threads)
+    return results
+
+
+def _summary(args, recipes: list[str], results: dict[str, list[dict]], peak_before: float,
+             peak_after: float) -> dict:
+    """Print the medians per recipe (and the comparison when both ran); return the summary."""
     peak = max(peak_before, peak_after)
     print(f"fp32 matmul after: {peak_after:.1f} GFLOP/s; peak taken as {peak:.1f} (a big gap between the two means "
           f"the machine was busy; so does a cpu-wait above a few %: the share of time tasks waited for a CPU)")
@@ -213,6 +208,28 @@ def main(argv=None) -> int:
         summary.update(ratio_train=ratio_train, ratio_trial=ratio_trial, accuracy_gain=dacc, goal_met=ok)
         print(f"mase-lite vs HF Trainer defaults: {ratio_train:.2f}x faster training, {ratio_trial:.2f}x faster trial, "
               f"accuracy {dacc:+.4f} -> goal (>= 1.5x, accuracy >= HF) {'met' if ok else 'NOT met'}")
+    return summary
+
+
+def main(argv=None) -> int:
+    args, recipes = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    data_cfg = DataConfig(n_train=args.n_train, n_val=0, n_test=args.n_test, max_length=args.max_length,
+                          truncation=args.truncation, seed=args.data_seed)
+    tokenizer = load_tokenizer(data_cfg)
+    splits = load_splits(data_cfg, tokenizer, ("train", "test"))
+    lengths = np.asarray(splits.train["length"])
+    flops = useful_train_flops(lengths, BERT_TINY)
+    peak_before = matmul_peak(args.threads)
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, "
+          f"mase precision {resolve_precision('auto')}; fp32 1024x1024 matmul: {peak_before:.1f} GFLOP/s")
+    print(f"data: {len(splits.train)} train rows ({lengths.sum()} tokens, max_length {args.max_length}), "
+          f"{len(splits.test)} test rows; useful training matmul work {flops / 1e12:.2f} TFLOP")
+    results = _run_rounds(args, recipes, splits, tokenizer, flops)
+    summary = _summary(args, recipes, results, peak_before, matmul_peak(args.threads))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0

@@ -446,6 +446,120 @@ def evaluate(
 # --------------------------------------------------------------------------- training
 
 
+@dataclasses.dataclass
+class _Tally:
+    """Running counts of one :func:`train` call: steps, tokens, and the losses for the log and callback."""
+
+    log_every: int
+    step: int = 0
+    tokens: int = 0
+    padded: int = 0
+    recent: list[float] = dataclasses.field(default_factory=list)  # the last ``log_every`` losses
+    since_cb: list[float] = dataclasses.field(default_factory=list)  # losses since the previous callback
+
+    def add(self, value: float, tokens: int, padded: int) -> None:
+        self.step += 1
+        self.tokens += tokens
+        self.padded += padded
+        self.recent.append(value)
+        self.since_cb.append(value)
+        if len(self.recent) > self.log_every:
+            self.recent.pop(0)
+
+    def recent_loss(self) -> float:
+        return sum(self.recent) / len(self.recent)
+
+    def report(self, bar, total: int, steps_per_epoch: int, lr: float) -> None:
+        """Show the mean of the recent losses on the progress bar and in the log."""
+        mean = self.recent_loss()
+        bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
+        log.info("step %d/%d epoch %.2f loss %.4f lr %.3g", self.step, total, self.step / steps_per_epoch, mean, lr)
+
+    def take_callback_loss(self) -> float:
+        """Mean loss since the previous callback; starts the next window."""
+        loss = sum(self.since_cb) / len(self.since_cb)
+        self.since_cb = []
+        return loss
+
+
+def _train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    batch: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    prec: str,
+    device_type: str,
+    *,
+    lr: float,
+    step: int,
+    total: int,
+) -> float:
+    """One optimizer step on ``batch`` at learning rate ``lr``; returns the batch's loss.
+
+    Raises :class:`TrainingDivergedError` (before the backward pass) when the loss is NaN/inf.
+    """
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    with _autocast(prec, device_type):
+        out = model(**batch)
+    loss = out.loss
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise TrainingDivergedError(
+            f"training loss became {value} at step {step + 1} of {total} (lr {lr:.3g}); "
+            f"lower the learning rate (train.lr = {cfg.lr}) or clip gradients (train.max_grad_norm)"
+        )
+    loss.backward()
+    if cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return value
+
+
+def _evaluator(model: torch.nn.Module, eval_ds, cfg: TrainConfig, prec: str, nthreads: int, pad_id: int,
+               to_train: Callable[[], None]) -> Callable[..., EvalResult]:
+    """``TrainState.evaluate``: evaluates ``model`` on ``ds`` (default ``eval_ds``), then back to training."""
+
+    def evaluate_now(ds=None) -> EvalResult:
+        target = eval_ds if ds is None else ds
+        if target is None:
+            raise MaseError("state.evaluate() needs a dataset: pass eval_ds to train() or a dataset to evaluate()")
+        try:
+            return evaluate(model, target, batch_size=cfg.eval_batch_size, precision=prec, num_threads=nthreads,
+                            pad_id=pad_id)
+        finally:
+            to_train()
+
+    return evaluate_now
+
+
+def _callback_due(cfg: TrainConfig, step: int, epoch_end: bool) -> bool:
+    """Whether the callback runs after ``step``: every ``cfg.eval_every`` steps, else at each epoch end."""
+    return bool(cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end)
+
+
+def _train_result(tally: _Tally, seconds: float, prec: str, nthreads: int, device: torch.device) -> TrainResult:
+    """The :class:`TrainResult` of a finished run, logged."""
+    result = TrainResult(
+        steps=tally.step,
+        seconds=seconds,
+        tokens=tally.tokens,
+        padded_tokens=tally.padded,
+        tokens_per_s=tally.tokens / seconds if seconds > 0 else float("nan"),
+        final_loss=tally.recent_loss(),
+        precision=prec,
+        num_threads=nthreads,
+        device=device_name(device),
+    )
+    log.info(
+        "trained %d steps in %.1f s (%.0f tokens/s, %s, %s, %d threads), final loss %.4f",
+        tally.step, seconds, result.tokens_per_s, prec, result.device, nthreads, result.final_loss,
+    )
+    return result
+
+
 def train(
     model: torch.nn.Module,
     train_ds,
@@ -467,111 +581,42 @@ def train(
 
     cfg = cfg or TrainConfig()
     data = TokenArrays.from_dataset(train_ds)
-    n = len(data)
-    if n == 0:
+    if len(data) == 0:
         raise DataError("cannot train on an empty dataset")
     device = resolve_device(cfg.device)
     model.to(device)
     prec = resolve_precision(cfg.precision, device)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_ratio * total))
     rng = np.random.default_rng(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     was_training = model.training
-
-    def evaluate_now(ds=None) -> EvalResult:
-        target = eval_ds if ds is None else ds
-        if target is None:
-            raise MaseError("state.evaluate() needs a dataset: pass eval_ds to train() or a dataset to evaluate()")
-        try:
-            return evaluate(model, target, batch_size=cfg.eval_batch_size, precision=prec, num_threads=nthreads,
-                            pad_id=pad_id)
-        finally:
-            to_train()
-
-    step = 0
-    tokens = padded = 0
-    recent: list[float] = []
-    since_cb: list[float] = []
+    tally = _Tally(cfg.log_every)
     t0 = time.perf_counter()
     with torch_threads(cfg.num_threads) as nthreads, _train_mode(model, cfg.dropout) as to_train:
+        evaluate_now = _evaluator(model, eval_ds, cfg, prec, nthreads, pad_id, to_train)
         torch.manual_seed(cfg.seed)
         bar = tqdm(total=total, desc="train", leave=False, disable=not cfg.progress, unit="step")
         try:
             to_train()
-            for epoch in range(cfg.epochs):
-                batches = make_batches(
-                    data.lengths,
-                    cfg.batch_size,
-                    shuffle=True,
-                    seed=rng,
-                    group_by_length=cfg.group_by_length,
-                    bucket_batches=cfg.bucket_batches,
-                )
+            for _ in range(cfg.epochs):
+                batches = make_batches(data.lengths, cfg.batch_size, shuffle=True, seed=rng,
+                                       group_by_length=cfg.group_by_length, bucket_batches=cfg.bucket_batches)
                 for i, rows in enumerate(batches):
-                    lr = lr_at(step, total, warmup, cfg.lr)
-                    for g in optimizer.param_groups:
-                        g["lr"] = lr
+                    lr = lr_at(tally.step, total, warmup, cfg.lr)
                     batch = _to_device(data.collate(rows, pad_id), device)
-                    with _autocast(prec, device.type):
-                        out = model(**batch)
-                    loss = out.loss
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise TrainingDivergedError(
-                            f"training loss became {value} at step {step + 1} of {total} (lr {lr:.3g}); "
-                            f"lower the learning rate (train.lr = {cfg.lr}) or clip gradients (train.max_grad_norm)"
-                        )
-                    loss.backward()
-                    if cfg.max_grad_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    tokens += int(data.lengths[rows].sum())
-                    padded += batch["input_ids"].numel()
-                    recent.append(value)
-                    since_cb.append(value)
-                    if len(recent) > cfg.log_every:
-                        recent.pop(0)
+                    value = _train_step(model, optimizer, params, batch, cfg, prec, device.type,
+                                        lr=lr, step=tally.step, total=total)
+                    tally.add(value, int(data.lengths[rows].sum()), batch["input_ids"].numel())
                     bar.update(1)
-                    if step % cfg.log_every == 0:
-                        mean = sum(recent) / len(recent)
-                        bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
-                        log.info("step %d/%d epoch %.2f loss %.4f lr %.3g", step, total, step / steps_per_epoch, mean, lr)
-                    epoch_end = i == len(batches) - 1
-                    if callback is not None and (
-                        (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end)
-                    ):
-                        state = TrainState(
-                            step=step,
-                            total_steps=total,
-                            epoch=step / steps_per_epoch,
-                            loss=sum(since_cb) / len(since_cb),
-                            lr=lr,
-                            evaluate=evaluate_now,
-                        )
-                        since_cb = []
-                        callback(state)
+                    if tally.step % cfg.log_every == 0:
+                        tally.report(bar, total, steps_per_epoch, lr)
+                    if callback is not None and _callback_due(cfg, tally.step, i == len(batches) - 1):
+                        callback(TrainState(step=tally.step, total_steps=total, epoch=tally.step / steps_per_epoch,
+                                            loss=tally.take_callback_loss(), lr=lr, evaluate=evaluate_now))
         finally:
             bar.close()
             model.train(was_training)
-    seconds = time.perf_counter() - t0
-    result = TrainResult(
-        steps=step,
-        seconds=seconds,
-        tokens=tokens,
-        padded_tokens=padded,
-        tokens_per_s=tokens / seconds if seconds > 0 else float("nan"),
-        final_loss=sum(recent) / len(recent),
-        precision=prec,
-        num_threads=nthreads,
-        device=device_name(device),
-    )
-    log.info(
-        "trained %d steps in %.1f s (%.0f tokens/s, %s, %s, %d threads), final loss %.4f",
-        step, seconds, result.tokens_per_s, prec, result.device, nthreads, result.final_loss,
-    )
-    return result
+    return _train_result(tally, time.perf_counter() - t0, prec, nthreads, device)

@@ -87,6 +87,15 @@ def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | N
         fn = lambda g, c: spec.fn(g, c, ctx)  # noqa: E731
     if spec.kind == "analysis":
         return _run_analysis(graph, spec, fn, cfg)
+    return _run_transform(graph, name, spec, fn, cfg, _undo)
+
+
+def _run_transform(graph: MaseGraph, name: str, spec: PassSpec, fn, cfg: Config,
+                   undo: list | None) -> tuple[MaseGraph, dict[str, Any]]:
+    """Run a transform pass on a tensor-sharing copy of ``graph``; ``graph`` adopts it only on success.
+
+    See :func:`run_pass` for the steps (staged writes, in-place edit check, recompile, history).
+    """
     versions = _tensor_versions(graph)
     work = graph.copy(share_tensors=True)
     staged: list[tuple[Any, Any]] = []
@@ -103,8 +112,8 @@ def run_pass(graph: MaseGraph, name: str, config: Config | Mapping[str, Any] | N
                         f"the pass's working copy, so an in-place edit could not be rolled back)")
     entry = _history_entry(spec, cfg, decisions)
     with torch.no_grad():
-        if _undo is not None:
-            _undo.extend((tensor, tensor.detach().clone()) for tensor, _ in staged)
+        if undo is not None:
+            undo.extend((tensor, tensor.detach().clone()) for tensor, _ in staged)
         for tensor, value in staged:
             tensor.copy_(value)
     result.history.append(entry)

@@ -22,6 +22,7 @@ from mase_lite.models import ModelConfig
 from mase_lite.training import TrainConfig, resolve_device, resolve_precision
 
 from .bench.plan import BenchPlan
+from .config_diff import NEUTRAL_FIELDS, RECIPE_NEUTRAL, config_difference, show
 from .objectives import METRICS, OBJECTIVES
 from .samplers import SamplerOptions, parse_sampler
 from .space import MODEL_PARAMS, SearchSpace, SpaceConfig
@@ -51,8 +52,6 @@ DEFAULT_COMPRESSION: dict[str, Any] = {
     }
 }
 
-#: Training fields that do not change results (left out of the fingerprint).
-_NEUTRAL_TRAIN_FIELDS = ("progress", "num_threads", "log_every")
 FINGERPRINT_VERSION = 2  # 2: resolved precision; fine-tune seed derived from the study seed
 
 
@@ -74,8 +73,10 @@ class SearchSection(Config):
     ``samplers``: ``grid``, ``random``, ``tpe``, ``nsga2``, optionally with ``+nodes`` (per-node
     identity choices; not for grid). ``variants``: ``baseline``, ``compress``, ``compress_finetune``.
     ``objectives``: default ``["accuracy"]``, and ``["accuracy", "compressed_size"]`` for nsga2; also
-    ``exported_bytes`` (the compact export's measured size) and ``latency_ms`` (ONNX Runtime batch-1
-    median latency, pinned threads; needs the deploy extra), see ``search.objectives.METRICS``.
+    ``exported_bytes`` (the compact export's measured size), ``latency_ms`` (ONNX Runtime batch-1 median
+    latency of the deployable export, or of the simulation export where there is none) and
+    ``latency_ratio`` (that over an fp32 reference timed in the same process; needs the deploy extra),
+    see ``search.objectives.METRICS`` and ``search.latency``.
     ``n_trials``: trials that train per study (default: the grid's size for grid, else 20).
     ``storage``: an Optuna RDB URL (default: ``sqlite:///<run dir>/optuna.db``).
     ``storage`` may also be ``journal:PATH`` (Optuna's journal file storage: several processes
@@ -147,12 +148,13 @@ class SearchSection(Config):
                 check_choice(f"{p}objectives[{i}]", o, list(METRICS))
             if len(set(self.objectives)) != len(self.objectives):
                 raise ConfigError(f"{p}objectives = {self.objectives} has repeated values")
-            if "latency_ms" in self.objectives:
+            timed = [o for o in self.objectives if o in ("latency_ms", "latency_ratio")]
+            if timed:
                 from passes.export.onnx import onnx_available
 
                 if not onnx_available():
-                    raise ConfigError(f"{p}objectives: 'latency_ms' is measured with ONNX Runtime, which is not "
-                                      "installed; pip install 'mase-lite[deploy]' or drop 'latency_ms'")
+                    raise ConfigError(f"{p}objectives: {timed[0]!r} is measured with ONNX Runtime, which is not "
+                                      f"installed; pip install 'mase-lite[deploy]' or drop {timed[0]!r}")
         if self.n_trials is not None:
             check_range(f"{p}n_trials", self.n_trials, 1)
         check_range(f"{p}max_failures_in_a_row", self.max_failures_in_a_row, 0)
@@ -398,7 +400,7 @@ def study_fingerprint(cfg: RunConfig, spec: StudySpec) -> dict[str, Any]:
         "objectives": spec.objectives,
         "seed": spec.seed,
         "sampler_options": cfg.search.sampler_options.to_dict(),
-        "data": {k: v for k, v in cfg.data.to_dict().items() if k not in ("data_dir", "cache_dir")},
+        "data": {k: v for k, v in cfg.data.to_dict().items() if k not in NEUTRAL_FIELDS["data"]},
         "train": train,
     }
     if cfg.search.pruner_fingerprint() is not None:  # absent without one: older studies stay valid
@@ -414,8 +416,9 @@ def study_fingerprint(cfg: RunConfig, spec: StudySpec) -> dict[str, Any]:
 
 def _recipe_fingerprint(train: TrainConfig) -> dict[str, Any]:
     """The training fields that change results, with the precision as this host resolves it
-    (``auto`` means fp32 on one CPU and bf16 on another, which score differently)."""
-    d = {k: v for k, v in train.to_dict().items() if k not in (*_NEUTRAL_TRAIN_FIELDS, "device")}
+    (``auto`` means fp32 on one CPU and bf16 on another, which score differently); the fields of
+    :data:`search.config_diff.RECIPE_NEUTRAL` are left out."""
+    d = {k: v for k, v in train.to_dict().items() if k not in (*RECIPE_NEUTRAL, "device")}
     device = resolve_device(train.device)
     if device.type == "cpu":
         d["precision"] = resolve_precision(train.precision)
@@ -430,50 +433,25 @@ def derived_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "big")
 
 
-#: Fingerprint sections -> the config class whose defaults a field missing from a stored study takes.
-_SECTION_DEFAULTS = {"train": TrainConfig, "finetune": TrainConfig, "data": DataConfig, "sampler_options": SamplerOptions}
+#: Where the config sections sit in a study's fingerprint (:func:`study_fingerprint`), by section kind.
+FINGERPRINT_SECTIONS = {"space.base": "model", "sampler_options": "sampler_options", "data": "data", "train": "train",
+                        "finetune": "finetune", "compression": "compression"}
 
 
 def fingerprint_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     """The first difference that changes results between a stored study's fingerprint and this config's.
 
-    Semantic, not byte-for-byte: a field absent from the stored fingerprint (one added to the config
-    classes since the study was made) counts as its default, so adding a config field with a
-    default never invalidates a stored study; the fingerprint ``version`` is not compared.
+    Semantic (:func:`search.config_diff.config_difference`, as a table's manifest is compared): a
+    field absent from the stored fingerprint (one added to the config classes since the study was
+    made) counts as its default, fields that do not change results are skipped, so stored studies
+    stay valid; the fingerprint ``version`` is not compared.
     """
-    stored = copy.deepcopy(stored)
-    current = {k: v for k, v in current.items() if k != "version"}
-    stored.pop("version", None)
-    for section, cls in _SECTION_DEFAULTS.items():
-        if isinstance(stored.get(section), dict) and isinstance(current.get(section), dict):
-            defaults = cls().to_dict()
-            for key, value in current[section].items():
-                if key not in stored[section] and key in defaults and defaults[key] == value:
-                    stored[section][key] = value
-    return first_difference(stored, current)
+    diff = config_difference({k: v for k, v in stored.items() if k != "version"},
+                             {k: v for k, v in current.items() if k != "version"}, FINGERPRINT_SECTIONS)
+    if diff is None:
+        return None
+    return f"{diff.path}: {show(diff.stored)} in the stored study, {show(diff.current)} in this config"
 
 
 def digest(d: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _short_repr(v: Any, n: int = 80) -> str:
-    r = "(absent)" if v is _ABSENT else repr(v)
-    return r if len(r) <= n else r[: n - 3] + "..."
-
-
-_ABSENT = object()
-
-
-def first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    """The first differing entry of two nested dicts (in ``b``'s key order), as a phrase."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in [*b, *(k for k in a if k not in b)]:
-            sub = f"{path}.{k}" if path else str(k)
-            diff = first_difference(a.get(k, _ABSENT), b.get(k, _ABSENT), sub)
-            if diff:
-                return diff
-        return None
-    if a != b:
-        return f"{path}: {_short_repr(a)} in the stored study, {_short_repr(b)} in this config"
-    return None

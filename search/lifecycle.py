@@ -2,10 +2,12 @@
 fine-tune, evaluate, measure.
 
 Search trials (:mod:`search.objectives`), compress-after-NAS (:mod:`search.study`), benchmark
-tables (:mod:`search.bench.build`) and the ``train`` / ``transform`` commands go through a
-:class:`Lifecycle`, so every place builds, checks, trains and evaluates a model the same way. What
-trains and evaluates is a :class:`Trainer` (default: :class:`RecipeTrainer`, mase-lite's recipe);
-tests pass a fake one (``Lifecycle(trainer=...)``) instead of patching functions.
+tables (:mod:`search.bench.build`) and the commands that build, load, train, compress or evaluate
+a model (``train``, ``eval``, ``transform``, ``report``, ``export``) go through a :class:`Lifecycle`,
+so every place builds, checks, trains and evaluates a model the same way. What trains and
+evaluates is a :class:`Trainer` (default: :class:`RecipeTrainer`, mase-lite's recipe); tests pass a
+fake one (``Lifecycle(trainer=...)``) instead of patching functions. A lifecycle holds no data:
+every step that needs the splits is given them.
 
 It runs passes, so it sits above ``passes`` (``mase_lite`` <- ``passes`` <- ``search``).
 """
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from torch import nn
 
 from mase_lite.graph import MaseGraph, trace
 from mase_lite.models import ModelConfig, build_model, example_inputs
@@ -47,34 +51,52 @@ class Trainer(abc.ABC):
                        split: str | None = "val", callback: Any = None) -> dict[str, Any]:
         """Train (optionally), then evaluate on ``split``; see the class docstring."""
 
+    def evaluate(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, split: str = "val", *,
+                 progress: bool = False) -> dict[str, Any]:
+        """Evaluate only: :meth:`train_and_eval` with ``train=False`` (``progress``: a bar, where drawn)."""
+        return self.train_and_eval(graph, splits, cfg, train=False, split=split)
+
 
 class RecipeTrainer(Trainer):
     """:func:`mase_lite.training.train` then :func:`mase_lite.training.evaluate`."""
 
     def train_and_eval(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, train: bool = True, *,
                        split: str | None = "val", callback: Any = None) -> dict[str, Any]:
-        from mase_lite.errors import ConfigError
-        from mase_lite.training import evaluate
         from mase_lite.training import train as run_training
 
         out: dict[str, Any] = {}
-        pad_id = getattr(splits, "pad_id", 0)
-        eval_ds = getattr(splits, split) if split else None
-        if eval_ds is not None and len(eval_ds) == 0:
-            raise ConfigError(f"the {split} split is empty; give it rows (data.n_{split})")
+        eval_ds = _split(splits, split) if split else None  # an empty split: an error before training
         if train:
             t0 = time.perf_counter()
-            res = run_training(graph, splits.train, cfg, eval_ds=eval_ds, callback=callback, pad_id=pad_id)
+            res = run_training(graph, splits.train, cfg, eval_ds=eval_ds, callback=callback,
+                               pad_id=getattr(splits, "pad_id", 0))
             out["train_s"] = time.perf_counter() - t0
             out["train_loss"] = float(res.final_loss)
             out["training"] = dataclasses.asdict(res)
         if eval_ds is not None:
-            t0 = time.perf_counter()
-            ev = evaluate(graph, eval_ds, batch_size=cfg.eval_batch_size, precision=cfg.precision,
-                          num_threads=cfg.num_threads, pad_id=pad_id, device=cfg.device)
-            out["eval_s"] = time.perf_counter() - t0
-            out.update(accuracy=float(ev.accuracy), loss=float(ev.loss), n=ev.n)
+            out.update(self.evaluate(graph, splits, cfg, split))
         return out
+
+    def evaluate(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, split: str = "val", *,
+                 progress: bool = False) -> dict[str, Any]:
+        """:func:`mase_lite.training.evaluate` on ``splits.<split>`` (with its progress bar if ``progress``)."""
+        from mase_lite.training import evaluate
+
+        ds = _split(splits, split)
+        t0 = time.perf_counter()
+        ev = evaluate(graph, ds, batch_size=cfg.eval_batch_size, precision=cfg.precision, num_threads=cfg.num_threads,
+                      pad_id=getattr(splits, "pad_id", 0), progress=progress, device=cfg.device)
+        return {"eval_s": time.perf_counter() - t0, "accuracy": float(ev.accuracy), "loss": float(ev.loss), "n": ev.n}
+
+
+def _split(splits: Any, split: str) -> Any:
+    """``splits.<split>``; ConfigError when it has no rows."""
+    from mase_lite.errors import ConfigError
+
+    ds = getattr(splits, split)
+    if ds is not None and len(ds) == 0:
+        raise ConfigError(f"the {split} split is empty; give it rows (data.n_{split})")
+    return ds
 
 
 @dataclasses.dataclass
@@ -83,19 +105,42 @@ class Lifecycle:
 
     ``attn_implementation``: how built models trace attention (``eager``: explicit matmuls and
     softmax; the training recipe runs bf16 where the CPU supports it, and HF's ``sdpa`` attention
-    has a slow bf16 backward on CPU, about 3x slower trials on tiny BERTs).
+    has a slow bf16 backward on CPU, about 3x slower trials on tiny BERTs); ``None``: the model's own
+    (the commands build what the user's config says).
     """
 
     trainer: Trainer = dataclasses.field(default_factory=RecipeTrainer)
     attn_implementation: str | None = "eager"
+    #: :meth:`load_pretrained`'s traced checkpoints (a cache: fresh copies are handed out).
+    _pretrained: dict[tuple, MaseGraph] = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                                            compare=False)
 
     # -- model
-    def build(self, config: ModelConfig) -> MaseGraph:
-        """A freshly initialised (``config.seed``) model traced into a MaseGraph."""
+    def model(self, config: ModelConfig) -> nn.Module:
+        """A freshly initialised (``config.seed``) model with this lifecycle's attention, in eval mode."""
         if self.attn_implementation:
             config = config.replace(attn_implementation=self.attn_implementation)
-        model = build_model(config)
+        return build_model(config).eval()
+
+    def checkpoint(self, checkpoint: str | Path, num_labels: int | None = None,
+                   pooling: str | None = None) -> nn.Module:
+        """Checkpoint ``checkpoint`` (a directory or ``package:NAME``, :func:`mase_lite.models.load_checkpoint`)
+        with head ``pooling`` and this lifecycle's attention, in eval mode; a new head is initialised
+        from torch's global random state."""
+        from mase_lite.models import load_checkpoint
+
+        model = load_checkpoint(checkpoint, num_labels, pooling)
+        if self.attn_implementation:
+            model.set_attn_implementation(self.attn_implementation)
+        return model.eval()
+
+    def trace(self, model: nn.Module) -> MaseGraph:
+        """``model`` (in eval mode) traced into a MaseGraph."""
         return trace(model.eval(), example_inputs(model))
+
+    def build(self, config: ModelConfig) -> MaseGraph:
+        """A freshly initialised (``config.seed``) model traced into a MaseGraph."""
+        return self.trace(self.model(config))
 
     def load(self, path: str | Path) -> MaseGraph:
         """A saved graph (:meth:`MaseGraph.load`)."""
@@ -108,24 +153,20 @@ class Lifecycle:
 
         Traced once per process and lifecycle for each (checkpoint, num_labels, pooling, seed,
         attention): later calls get a fresh copy of the traced graph."""
-        from mase_lite.models import load_checkpoint, resolve_checkpoint
+        from mase_lite.models import resolve_checkpoint
 
         path = resolve_checkpoint(checkpoint, "model.checkpoint")
         key = (str(path.resolve()), num_labels, pooling, seed, self.attn_implementation)
-        cache = self.__dict__.setdefault("_pretrained", {})
-        if key not in cache:
+        if key not in self._pretrained:
             state = torch.random.get_rng_state()
             try:
                 torch.manual_seed(seed)  # the classification head is not in the checkpoint
-                model = load_checkpoint(path, num_labels, pooling)
+                model = self.checkpoint(path, num_labels, pooling)
             finally:
                 torch.random.set_rng_state(state)
-            if self.attn_implementation:
-                model.set_attn_implementation(self.attn_implementation)
-            model.eval()
-            cache[key] = trace(model, example_inputs(model))
+            self._pretrained[key] = self.trace(model)
             log.info("traced checkpoint %s (pooling %s)", path, pooling or "pooler")
-        return cache[key].copy()
+        return self._pretrained[key].copy()
 
     def shrink(self, graph: MaseGraph, pass_name: str, config: dict[str, Any]) -> MaseGraph:
         """Run the structured-shrinking pass ``pass_name`` (``shrink_layers``, ``prune_heads``,
@@ -146,9 +187,7 @@ class Lifecycle:
 
         if getattr(model, "checkpoint", None) and isinstance(model, ModelConfig):  # a run's pretrained base
             model = self.load_pretrained(model.checkpoint, model.num_labels, model.pooling)
-        out = load_checked_splits(self.tokenizer_config(data_cfg, model), model, splits)
-        self.__dict__["_splits"] = out  # compress() calibrates on these when it is given none
-        return out
+        return load_checked_splits(self.tokenizer_config(data_cfg, model), model, splits)
 
     def tokenizer_config(self, data_cfg: Any, model: Any) -> Any:
         """``data_cfg`` with its tokenizer chosen: ``data.tokenizer`` if set, else ``model``'s checkpoint
@@ -162,6 +201,12 @@ class Lifecycle:
                        split: str | None = "val", callback: Any = None) -> dict[str, Any]:
         """The trainer's :meth:`Trainer.train_and_eval`."""
         return self.trainer.train_and_eval(graph, splits, cfg, train, split=split, callback=callback)
+
+    def evaluate(self, graph: MaseGraph, splits: Any, cfg: TrainConfig, split: str = "val", *,
+                 progress: bool = False) -> dict[str, Any]:
+        """The trainer's :meth:`Trainer.evaluate`: ``accuracy``, ``loss``, ``n`` and ``eval_s`` of
+        ``graph`` on ``splits.<split>`` with ``cfg``'s batch size, precision, threads and device."""
+        return self.trainer.evaluate(graph, splits, cfg, split, progress=progress)
 
     # -- passes
     def identity(self, graph: MaseGraph, module_paths: Sequence[str]) -> MaseGraph:
@@ -177,22 +222,30 @@ class Lifecycle:
                  calibration_batches: int = 8, seed: int = 0) -> MaseGraph:
         """Run the compression pipeline (``{"passes": ...}``) on ``graph``. When it needs calibrated
         ranges (integer ``"auto"`` or scaled-integer activations), ``calibrate`` runs first on
-        ``calibration_batches`` seeded batches of ``splits.train`` (default: the splits this lifecycle
-        loaded last); see :func:`passes.analysis.calibrate.with_calibration`."""
+        ``calibration_batches`` seeded batches of ``splits.train`` (without ``splits``: one
+        ConfigError); see :func:`passes.analysis.calibrate.with_calibration`."""
+        return self.compress_with_info(graph, pipeline, splits, calibration_batches=calibration_batches, seed=seed)[0]
+
+    def compress_with_info(self, graph: MaseGraph, pipeline: dict[str, Any], splits: Any = None, *,
+                           calibration_batches: int = 8, seed: int = 0) -> tuple[MaseGraph, dict[str, Any]]:
+        """:meth:`compress`, also returning each pass's info (:func:`passes.run_pipeline`)."""
         from passes import run_pipeline
         from passes.analysis.calibrate import with_calibration
 
-        splits = splits if splits is not None else self.__dict__.get("_splits")
         pipeline, context = with_calibration(graph, pipeline, splits, num_batches=calibration_batches, seed=seed)
-        graph, _ = run_pipeline(graph, pipeline, context=context)
-        return graph
+        return run_pipeline(graph, pipeline, context=context)
 
     def cost(self, graph: MaseGraph) -> dict[str, Any]:
         """The ``cost`` pass's scalar totals for ``graph``."""
+        info = self.cost_report(graph)
+        return {k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def cost_report(self, graph: MaseGraph, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``cost`` pass's whole info for ``graph`` (totals, ``nodes``, ``table``) with ``config``."""
         from passes import run_pass
 
-        _, info = run_pass(graph, "cost", {})
-        return {k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        _, info = run_pass(graph, "cost", dict(config or {}))
+        return info
 
 
 _DEFAULT: Lifecycle | None = None

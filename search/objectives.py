@@ -52,7 +52,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Optional
 
 import optuna
 
@@ -74,15 +74,17 @@ METRICS = {
     "compressed_size_non_embedding": ("minimize", "bytes of the final graph's non-embedding parameters, "
                                                   "quantised and sparse (cost pass): the layers compression acts on"),
     "exported_bytes": ("minimize", "bytes of the final graph's compact export on disk (measured)"),
-    "latency_ms": ("minimize", "ONNX Runtime batch-1 latency, median of LATENCY_RUNS runs, "
-                               "LATENCY_THREADS thread(s) (measured; needs the deploy extra)"),
+    "latency_ms": ("minimize", "median ONNX Runtime batch-1 latency (ms) of the graph's deployable export (or its "
+                               "simulation export when it has none), 1 thread (measured, search.latency; needs the "
+                               "deploy extra)"),
+    "latency_ratio": ("minimize", "latency_ms over the fp32 reference's (the unshrunk checkpoint, or the trial's "
+                                  "graph before compression), timed interleaved in the same process (search.latency)"),
 }
 
 #: Measured objectives (:func:`measure_objectives`): the graph is exported for each trial.
-MEASURED = ("exported_bytes", "latency_ms")
-#: ``latency_ms``: one review of LATENCY_SEQ_LEN tokens, LATENCY_WARMUP untimed runs then the median
-#: of LATENCY_RUNS, ONNX Runtime pinned to LATENCY_THREADS intra-op thread(s) and one inter-op thread.
-LATENCY_RUNS, LATENCY_WARMUP, LATENCY_THREADS, LATENCY_SEQ_LEN = 20, 3, 1, 128
+MEASURED = ("exported_bytes", "latency_ms", "latency_ratio")
+#: Measured by timing the ONNX export (:mod:`search.latency`).
+LATENCY = ("latency_ms", "latency_ratio")
 
 
 def exported_bytes(graph: MaseGraph) -> float:
@@ -96,32 +98,6 @@ def exported_bytes(graph: MaseGraph) -> float:
         return float(sum(report["file_bytes"].values()))
 
 
-def onnx_latency_ms(graph: MaseGraph, runs: int = LATENCY_RUNS, threads: int = LATENCY_THREADS,
-                    seq_len: int = LATENCY_SEQ_LEN, warmup: int = LATENCY_WARMUP) -> float:
-    """Median ONNX Runtime latency (ms) of ``graph`` exported to ONNX, batch 1, ``threads`` threads."""
-    import statistics
-    import tempfile
-
-    from mase_lite.models import random_inputs
-    from passes.export import export_graph
-    from passes.export.onnx import ort_session
-
-    with tempfile.TemporaryDirectory(prefix="mase-onnx-") as tmp:
-        report = export_graph(graph, tmp, format="onnx")
-        sess = ort_session(report["path"], num_threads=threads)
-        hf = {**(graph.model_info.get("hf_config") or {}),
-              "max_position_embeddings": graph.model_info.get("max_position_embeddings") or seq_len}
-        feed = {k: v.numpy() for k, v in random_inputs(report["input_names"], hf, 1, seq_len).items()}
-        for _ in range(warmup):
-            sess.run(None, feed)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            sess.run(None, feed)
-            times.append((time.perf_counter() - t0) * 1000.0)
-        return float(statistics.median(times))
-
-
 def has_test_rows(splits: Any) -> bool:
     """Whether ``splits`` can be evaluated on a test split: False only for loaded splits whose ``test``
     is missing or empty (a lifecycle that loads no data, e.g. a fake one in tests, passes ``None``)."""
@@ -131,19 +107,29 @@ def has_test_rows(splits: Any) -> bool:
     return test is not None and len(test) > 0
 
 
-def measure_objectives(graph: MaseGraph, objectives: list[str], rec: "TrialRecord") -> None:
+def measure_objectives(graph: MaseGraph, objectives: list[str], rec: "TrialRecord",
+                       reference: Optional[MaseGraph] = None, reference_key: Any = None) -> None:
     """Measure the :data:`MEASURED` objectives among ``objectives`` and record them as user attributes
-    (on a CPU copy: the export and ONNX Runtime run on the CPU, whatever device trained the graph)."""
-    if not any(o in objectives for o in ("exported_bytes", "latency_ms")):
+    (on a CPU copy: the export and ONNX Runtime run on the CPU, whatever device trained the graph).
+    ``exported_bytes`` counts the compact export (safetensors + manifest); the latency objectives time
+    the ONNX file :func:`search.latency.measure_latency` exports against the fp32 ``reference``
+    (exported once per process under ``reference_key``; None: each time), and record that file's
+    size and kind under ``latency``."""
+    if not any(o in objectives for o in MEASURED):
         return
     if any(p.device.type != "cpu" for p in graph.parameters()):
         graph = graph.copy().to("cpu")
     if "exported_bytes" in objectives:
         with rec.phase("export"):
             rec.set("exported_bytes", exported_bytes(graph))
-    if "latency_ms" in objectives:
+    if any(o in objectives for o in LATENCY):
+        from .latency import measure_latency
+
+        if reference is None:
+            raise MaseError("the latency objectives need an fp32 reference graph")
         with rec.phase("latency"):
-            rec.set("latency_ms", onnx_latency_ms(graph))
+            for key, value in measure_latency(graph, reference, reference_key).attrs().items():
+                rec.set(key, value)
 
 
 class ArchitectureMismatch(MaseError):
@@ -243,6 +229,9 @@ class TrialRecord:
         self._written: dict[str, Any] = {}
         #: The trial's own compression pipeline (sampled per-node choices), else None: the study's.
         self.pipeline: dict[str, Any] | None = None
+        #: A pruned study's reporter and when its training started (an early stop records both).
+        self.reporter: Optional[PrunerReporter] = None
+        self.t_train: Optional[float] = None
 
     def set(self, key: str, value: Any) -> None:
         self.attrs[key] = value
@@ -331,49 +320,8 @@ class BaseObjective(abc.ABC):
         rec.flush()  # first: it tells a later run whether this trial's process is gone
         t_start = time.perf_counter()
         self._check_budget(trial, rec)
-        reporter = None
         try:
-            graph = self.build(trial, rec)
-            rec.flush()
-            if self.ctx.reuse_duplicates:
-                reused = self._reuse(trial, rec, t_start)
-                if reused is not None:
-                    return reused
-            if self.ctx.eval_every:
-                reporter = PrunerReporter(trial, self.ctx.pruner_val)
-                cfg = train.replace(eval_every=self.ctx.eval_every)
-                t_train = time.perf_counter()
-                metrics = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, cfg, callback=reporter)
-            else:
-                graph, metrics = self._train(graph, train, rec)
-            self._record_eval(rec, "trained", metrics)
-            self._record_test(graph, rec, "trained")
-            graph = self.run_variant(graph, rec)
-            with rec.phase("cost"):
-                cost = self.ctx.lifecycle.cost(graph)
-            rec.set("cost", cost)
-            measure_objectives(graph, self.ctx.objectives, rec)
-            sparsity = sparsity_attrs(cost)
-            if sparsity:
-                rec.set("sparsity", sparsity)
-            values = rec.values = self._values(rec, cost)
-            feasible = self._constrain(trial, rec, cost)
-            if self.ctx.test_eval == "best" and feasible and _improves(trial, values, ties=True):
-                self._record_test(graph, rec, None)
-            self._check_budget(trial, rec)  # the final guard: see search.storage
-            if self.ctx.graph_dir is not None and feasible and _improves(trial, values):
-                with rec.phase("save"):
-                    path = self.ctx.graph_dir / f"trial-{trial.number:05d}"
-                    graph.save(path)
-                    if self.ctx.artifacts is not None:
-                        from .storage import upload_graph
-
-                        rec.set("graph_artifact", upload_graph(self.ctx.artifacts, path, trial))
-                rec.set("graph_dir", str(path))
-            rec.add_timing("total", time.perf_counter() - t_start)
-            rec.flush()
-            log.info("trial %d: accuracy %.4f, %s", trial.number, rec.accuracy, rec.attrs.get("arch"))
-            return values[0] if len(values) == 1 else values
+            return self._run(trial, rec, t_start)
         except OverBudget:
             raise
         except StorageUnavailable as exc:  # the runner keeps a finished result (search.pending)
@@ -385,15 +333,7 @@ class BaseObjective(abc.ABC):
             log.info("trial %d pruned: %s", trial.number, exc)
             raise
         except EarlyStopped as exc:
-            self._check_budget(trial, rec)
-            rec.set("early_stopped", True)
-            rec.set("early_stop", {"step": exc.step, "total_steps": exc.total_steps, "accuracy": exc.accuracy,
-                                   "reports": [list(r) for r in (reporter.reports if reporter else [])]})
-            rec.set("early_stop_reason", str(exc))
-            rec.add_timing("train", time.perf_counter() - t_train)
-            rec.add_timing("total", time.perf_counter() - t_start)
-            rec.flush()
-            log.info("trial %d %s", trial.number, exc)
+            self._early_stopped(trial, rec, exc, t_start)
             raise
         except KeyboardInterrupt:
             rec.set("interrupted", True)
@@ -401,21 +341,88 @@ class BaseObjective(abc.ABC):
             rec.flush()
             raise
         except Exception as exc:
-            self._check_budget(trial, rec)  # a failure counts only within the budget
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            rec.set("fail_reason", reason[:1000])
-            rec.add_timing("total", time.perf_counter() - t_start)
-            rec.flush()
-            log.warning("trial %d failed: %s", trial.number, reason)
-            log.debug("trial %d traceback", trial.number, exc_info=True)
+            self._failed(trial, rec, exc, t_start)
             raise
+
+    def _run(self, trial: optuna.Trial, rec: TrialRecord, t_start: float) -> float | list[float]:
+        """The trial's steps: build, train, the variant, cost and measured objectives, save."""
+        graph = self.build(trial, rec)
+        rec.flush()
+        if self.ctx.reuse_duplicates:
+            reused = self._reuse(trial, rec, t_start)
+            if reused is not None:
+                return reused
+        graph, metrics = self._train_phase(graph, trial, rec)
+        self._record_eval(rec, "trained", metrics)
+        self._record_test(graph, rec, "trained")
+        reference = self._latency_reference(graph)  # before the variant compresses graph (in place)
+        graph = self.run_variant(graph, rec)
+        with rec.phase("cost"):
+            cost = self.ctx.lifecycle.cost(graph)
+        rec.set("cost", cost)
+        measure_objectives(graph, self.ctx.objectives, rec, *reference)
+        sparsity = sparsity_attrs(cost)
+        if sparsity:
+            rec.set("sparsity", sparsity)
+        values = rec.values = self._values(rec, cost)
+        feasible = self._constrain(trial, rec, cost)
+        if self.ctx.test_eval == "best" and feasible and _improves(trial, values, ties=True):
+            self._record_test(graph, rec, None)
+        self._check_budget(trial, rec)  # the final guard: see search.budget
+        if self.ctx.graph_dir is not None and feasible and _improves(trial, values):
+            self._save(trial, rec, graph)
+        rec.add_timing("total", time.perf_counter() - t_start)
+        rec.flush()
+        log.info("trial %d: accuracy %.4f, %s", trial.number, rec.accuracy, rec.attrs.get("arch"))
+        return values[0] if len(values) == 1 else values
+
+    def _train_phase(self, graph: MaseGraph, trial: optuna.Trial, rec: TrialRecord) -> tuple[MaseGraph, dict[str, Any]]:
+        """Train and evaluate; in a pruned study with a :class:`PrunerReporter` (kept on ``rec``)."""
+        if not self.ctx.eval_every:
+            return self._train(graph, self.ctx.train, rec)
+        rec.reporter = PrunerReporter(trial, self.ctx.pruner_val)
+        cfg = self.ctx.train.replace(eval_every=self.ctx.eval_every)
+        rec.t_train = time.perf_counter()
+        return graph, self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, cfg, callback=rec.reporter)
+
+    def _save(self, trial: optuna.Trial, rec: TrialRecord, graph: MaseGraph) -> None:
+        with rec.phase("save"):
+            path = self.ctx.graph_dir / f"trial-{trial.number:05d}"
+            graph.save(path)
+            if self.ctx.artifacts is not None:
+                from .artifacts import upload_graph
+
+                rec.set("graph_artifact", upload_graph(self.ctx.artifacts, path, trial))
+        rec.set("graph_dir", str(path))
+
+    def _early_stopped(self, trial: optuna.Trial, rec: TrialRecord, exc: EarlyStopped, t_start: float) -> None:
+        self._check_budget(trial, rec)
+        reporter = rec.reporter
+        rec.set("early_stopped", True)
+        rec.set("early_stop", {"step": exc.step, "total_steps": exc.total_steps, "accuracy": exc.accuracy,
+                               "reports": [list(r) for r in (reporter.reports if reporter else [])]})
+        rec.set("early_stop_reason", str(exc))
+        rec.add_timing("train", time.perf_counter() - (rec.t_train or t_start))
+        rec.add_timing("total", time.perf_counter() - t_start)
+        rec.flush()
+        log.info("trial %d %s", trial.number, exc)
+
+    def _failed(self, trial: optuna.Trial, rec: TrialRecord, exc: Exception, t_start: float) -> None:
+        self._check_budget(trial, rec)  # a failure counts only within the budget
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        rec.set("fail_reason", reason[:1000])
+        rec.add_timing("total", time.perf_counter() - t_start)
+        rec.flush()
+        log.warning("trial %d failed: %s", trial.number, reason)
+        log.debug("trial %d traceback", trial.number, exc_info=True)
 
     # -- budget and duplicates
     def _check_budget(self, trial: optuna.Trial, rec: TrialRecord) -> None:
         """Raise :class:`OverBudget` (pruned, not counted) unless :func:`search.storage.admitted`;
         a queued configuration (grid point, retry) is queued again."""
         from . import optuna_compat as compat
-        from .storage import admitted, requeue_over_budget
+        from .budget import admitted
+        from .queue import requeue_over_budget
 
         if self.ctx.n_trials is None or admitted(trial.study, trial.number, self.ctx.n_trials):
             return
@@ -438,7 +445,7 @@ class BaseObjective(abc.ABC):
         first = min(same, key=lambda t: t.number)  # never itself reused: that one's original is earlier
         self._check_budget(trial, rec)
         for key, value in first.user_attrs.items():
-            if key.startswith(("accuracy", "loss", "train_loss", "test_")) or key in ("cost", "early_stop", *MEASURED):
+            if key.startswith(("accuracy", "loss", "train_loss", "test_")) or key in ("cost", "early_stop", "latency", *MEASURED):
                 rec.set(key, value)
             elif key in ("sparsity", "compression_choices"):
                 rec.set(key, value)
@@ -521,6 +528,18 @@ class BaseObjective(abc.ABC):
             rec.set("arch", arch)
         return graph, arch
 
+    def _latency_reference(self, trained: MaseGraph) -> tuple[Optional[MaseGraph], Any]:
+        """The fp32 graph the latency objectives are a ratio to, and the key it is exported once under:
+        the pretrained base, unshrunk (once per process), else a copy of ``trained`` (the trial's graph
+        before compression; each trial). ``(None, None)`` when no latency objective is measured."""
+        if not any(o in self.ctx.objectives for o in LATENCY):
+            return None, None
+        base = self.ctx.space.pretrained
+        if base is None:
+            return trained.copy(), None
+        key = ("pretrained", str(base.checkpoint), base.num_labels, base.pooling, self.ctx.seed)
+        return self.ctx.lifecycle.load_pretrained(base.checkpoint, base.num_labels, base.pooling, self.ctx.seed), key
+
     def _record_eval(self, rec: TrialRecord, stage: str, metrics: dict[str, float]) -> None:
         rec.set(f"accuracy_{stage}", metrics["accuracy"])
         rec.set(f"loss_{stage}", metrics["loss"])
@@ -599,7 +618,7 @@ class CompressObjective(BaseObjective):
 
     def run_variant(self, graph: MaseGraph, rec: TrialRecord) -> MaseGraph:
         with rec.phase("compress"):
-            graph = self.ctx.lifecycle.compress(graph, rec.pipeline or self.ctx.compression)
+            graph = self.ctx.lifecycle.compress(graph, rec.pipeline or self.ctx.compression, self.ctx.splits)
         metrics = self.ctx.lifecycle.train_and_eval(graph, self.ctx.splits, self.ctx.train, train=False)
         self._record_eval(rec, "compressed", metrics)
         self._record_test(graph, rec, "compressed")

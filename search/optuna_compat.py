@@ -2,8 +2,9 @@
 ``tests/test_optuna_compat.py``).
 
 The rest of mase-lite uses Optuna's public API, and these helpers where there is none: a study's
-storage and id, a trial's storage id, the heartbeat, the RDB cache wrapper, and a grid sampler's
-points. When Optuna is upgraded, this module (and its test) is what to check.
+storage and id, a trial's storage id, the heartbeat, the RDB cache wrapper, a grid sampler's
+points, and the system attributes of a queued trial (``fixed_params``; a grid point's ``grid_id``
+and ``search_space``). When Optuna is upgraded, this module (and its test) is what to check.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any, ContextManager, Iterator
 import optuna
 from optuna.trial import FrozenTrial
 
-__all__ = ["cached_storage", "grid_points", "heartbeat_enabled", "heartbeat_thread", "is_heartbeat_storage",
-           "live_trial", "optimize_loop", "storage_methods", "storage_of", "study_id_of", "trial_id_of"]
+__all__ = ["cached_storage", "enqueue", "fixed_params_of", "grid_attrs", "grid_attrs_of", "grid_points",
+           "heartbeat_enabled", "heartbeat_thread", "is_heartbeat_storage", "live_trial", "optimize_loop",
+           "storage_methods", "storage_of", "study_id_of", "trial_id_of"]
 
 
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
@@ -106,3 +108,40 @@ def grid_points(sampler: optuna.samplers.GridSampler) -> tuple[list[str], list[t
     """A grid sampler's parameter names, its points in its (seeded) order -- each a tuple of values
     in the order of the names -- and its search space (what it stores as ``search_space``)."""
     return list(sampler._param_names), list(sampler._all_grids), sampler._search_space
+
+
+# --------------------------------------------------------------------------- queued trials
+#
+# ``enqueue_trial`` stores the parameters as the system attribute ``fixed_params``; GridSampler
+# reads a trial's grid point from ``grid_id`` and ``search_space`` (and leaves a trial that has
+# ``fixed_params`` or ``grid_id`` to them, ``GridSampler.before_trial``).
+
+_GRID_KEYS = ("grid_id", "search_space")
+
+
+def fixed_params_of(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The parameters a queued trial was given (``enqueue_trial``'s ``fixed_params``), None for a sampled one."""
+    return trial.system_attrs.get("fixed_params")
+
+
+def grid_attrs(grid_id: int, space: dict[str, list[Any]]) -> dict[str, Any]:
+    """The system attributes that make a queued trial grid point ``grid_id`` of a grid on ``space``."""
+    return {"grid_id": grid_id, "search_space": space}
+
+
+def grid_attrs_of(trial: FrozenTrial) -> dict[str, Any]:
+    """``trial``'s grid point as :func:`grid_attrs` (empty when it is not a grid sampler's trial)."""
+    return {k: trial.system_attrs[k] for k in _GRID_KEYS} if "grid_id" in trial.system_attrs else {}
+
+
+def enqueue(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any],
+            grid: dict[str, Any] | None = None) -> None:
+    """Queue a trial of fixed ``params`` with its user attributes and grid point (:func:`grid_attrs`)
+    in ONE storage write: ``study.enqueue_trial`` when there is no grid point, else its write plus
+    the grid attributes (another worker may take a queued trial the moment it exists)."""
+    if not grid:
+        study.enqueue_trial(dict(params), user_attrs=dict(user_attrs))
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING, user_attrs=dict(user_attrs),
+        system_attrs={"fixed_params": dict(params), **grid}))

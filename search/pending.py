@@ -123,7 +123,8 @@ def _tell(study: optuna.Study, target: FrozenTrial, result: Result, n_trials: in
     """Write ``result``'s attributes and constraints into the RUNNING trial ``target`` and tell it
     COMPLETE; a ``claimed`` retry outside the budget is dropped as the objective drops one."""
     from .objectives import worker_id
-    from .storage import admitted, requeue_over_budget
+    from .budget import admitted
+    from .queue import requeue_over_budget
 
     trial = compat.live_trial(study, compat.trial_id_of(target))
     attrs = {**result.attrs, "worker": worker_id()} if claimed else result.attrs

@@ -60,7 +60,9 @@ def best_so_far(values: Sequence[float | None]) -> list[float]:
 
 def study_curve(study: optuna.Study) -> Curve:
     """The :class:`Curve` of a study (label and seed from its user attributes)."""
-    from .storage import interrupted_numbers, is_early_stopped, is_feasible
+    from .best import is_feasible
+    from .budget import is_early_stopped
+    from .liveness import interrupted_numbers
 
     trials, accs, status = [], [], []
     all_trials = study.get_trials(deepcopy=False)
@@ -163,7 +165,7 @@ def pareto_points(study: optuna.Study) -> list[dict[str, Any]]:
     """Complete trials of a study with accuracy, compressed size and whether they are on the Pareto
     front *of the plotted axes* (higher accuracy, smaller compressed size; feasible trials only), whatever
     the study's second objective was (its front in e.g. latency is another set of trials)."""
-    from .storage import is_feasible
+    from .best import is_feasible
 
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

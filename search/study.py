@@ -24,11 +24,11 @@ and loses no completed one.
 Several workers (``mase-lite search --resume`` processes sharing the storage: an RDB URL such as
 PostgreSQL, or ``journal:PATH``) run a study's budget together, exactly: a worker starts a trial
 only while counted and running trials leave room, and a trial checks again at its start and end
-(:func:`search.storage.admitted`). A grid's points are queued when the study is made, so no point
-is evaluated twice. A trial whose parameters equal an earlier complete one's reuses its result
-(``reused_from``; ``search.reuse_duplicates``). Best graphs are uploaded to an Optuna artifact
-store (``search.artifacts``, default ``<run dir>/artifacts``); the summary fetches them into the
-reader's run folder.
+(:func:`search.budget.admitted`; the runner of every study: :mod:`search.runner`). A grid's points
+are queued when the study is made, so no point is evaluated twice. A trial whose parameters equal
+an earlier complete one's reuses its result (``reused_from``; ``search.reuse_duplicates``). Best
+graphs are uploaded to an Optuna artifact store (``search.artifacts``, default ``<run dir>/artifacts``);
+the summary fetches them into the reader's run folder.
 
 A storage outage (the database server restarting, a journal's file system failing for a while):
 every storage call is retried for ``search.storage_retry_s`` seconds (:mod:`search.storage_retry`),
@@ -42,8 +42,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,11 +54,11 @@ from .samplers import make_sampler
 from .space import SearchSpace
 from .config import (RunConfig, SearchError, StudySpec, derived_seed, digest, fingerprint_difference,
                      plan_studies, study_fingerprint)
-from .storage import Budget, best_trials, default_storage_url, n_counted, open_storage, recover_interrupted, redact, study_names
-from .storage import budget_state, enqueue_grid, wait_for_grid, fail_dead_workers, fetch_graph, open_artifacts, remove_graph
+from .artifacts import fetch_graph, open_artifacts, remove_graph
+from .best import best_trials
+from .runner import catch_up, open_study, run_trials
+from .storage import default_storage_url, open_storage, redact, study_names
 from .summary import format_summary, summarize, write_trials_csv
-from .pending import tell_pending
-from .trial_loop import run_trial
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +136,8 @@ def prepare(cfg: RunConfig, run_dir: Path, storage_url: str | None, resume: bool
 def run_study(cfg: RunConfig, spec: StudySpec, storage: optuna.storages.BaseStorage, get_splits: Callable[[], Any],
               run_dir: Path, n_trials: int | None = None, lifecycle: Lifecycle | None = None
               ) -> tuple[optuna.Study, str | None]:
-    """Create or continue one study and run trials until its budget is used (or the grid is done).
+    """Create or continue one study and run trials until its budget is used (or the grid is done),
+    with the study runner (:mod:`search.runner`).
 
     ``get_splits()`` gives the data; it is only called when there are trials to run.
     """
@@ -146,36 +145,43 @@ def run_study(cfg: RunConfig, spec: StudySpec, storage: optuna.storages.BaseStor
 
     space = SearchSpace.from_config(cfg.space, cfg.model, with_nodes=spec.nodes)
     sampler = make_sampler(spec.sampler_name, space, spec.seed, cfg.search.sampler_options)
-    try:  # one process creates the study (atomically); it queues a grid's points before the attributes
-        study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler,
-                                    directions=spec.directions, load_if_exists=False, pruner=make_pruner(cfg))
-        if spec.sampler_name == "grid":
-            study.set_user_attr("grid_queued", enqueue_grid(study, sampler))
-    except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=make_pruner(cfg))
-        if spec.sampler_name == "grid":
-            wait_for_grid(study)
-    if "fingerprint" not in study.user_attrs:
-        fp = study_fingerprint(cfg, spec)
-        for key, value in {
-            "run": spec.run, "curve": spec.curve, "sampler": spec.sampler, "variant": spec.variant,
-            "seed": spec.seed, "objectives": spec.objectives,
-            "fingerprint": {"digest": digest(fp), "config": fp},
-        }.items():
-            study.set_user_attr(key, value)
+    study = open_study(spec.name, storage, sampler, spec.directions, make_pruner(cfg))
+    _describe(study, cfg, spec)
     budget = n_trials or spec.n_trials
-    tell_pending(study, run_dir, budget)  # results kept through a storage outage, first: before recovery
-    recover_interrupted(study)
-    done = n_counted(study)
+    done = catch_up(study, run_dir, budget)
     graph_dir = run_dir / spec.name / "graphs" if cfg.search.save_graphs else None
     if done >= budget:
         log.info("study %s: %d of %d trials done already", spec.name, done, budget)
         if graph_dir is not None:
             keep_best_graphs(study, artifact_store(cfg, run_dir))
         return study, None
-    splits = get_splits()
+    ctx = _objective_context(cfg, spec, space, get_splits(), graph_dir, budget, lifecycle, run_dir)
+    with tqdm(total=budget, initial=done, desc=spec.name, unit="trial", dynamic_ncols=True) as bar:
+        aborted = run_trials(study, OBJECTIVES[spec.variant](ctx), budget, run_dir=run_dir, bar=bar,
+                             max_failures=cfg.search.max_failures_in_a_row, gc_after_trial=cfg.search.gc_after_trial)
+    if graph_dir is not None:
+        keep_best_graphs(study, ctx.artifacts)
+    return study, aborted
+
+
+def _describe(study: optuna.Study, cfg: RunConfig, spec: StudySpec) -> None:
+    """Write the study's user attributes (run, curve, sampler, ..., fingerprint) unless it has them."""
+    if "fingerprint" in study.user_attrs:
+        return
+    fp = study_fingerprint(cfg, spec)
+    for key, value in {
+        "run": spec.run, "curve": spec.curve, "sampler": spec.sampler, "variant": spec.variant,
+        "seed": spec.seed, "objectives": spec.objectives,
+        "fingerprint": {"digest": digest(fp), "config": fp},
+    }.items():
+        study.set_user_attr(key, value)
+
+
+def _objective_context(cfg: RunConfig, spec: StudySpec, space: SearchSpace, splits: Any, graph_dir: Path | None,
+                       budget: int, lifecycle: Lifecycle | None, run_dir: Path) -> ObjectiveContext:
+    """What every trial of the study ``spec`` shares."""
     pruning = cfg.search.pruner != "none"
-    ctx = ObjectiveContext(
+    return ObjectiveContext(
         space=space, splits=splits, train=cfg.train.replace(seed=spec.seed), finetune=cfg.finetune_config(spec.seed),
         compression=cfg.compression, objectives=spec.objectives, seed=spec.seed, graph_dir=graph_dir,
         lifecycle=lifecycle or default_lifecycle(),
@@ -187,29 +193,8 @@ def run_study(cfg: RunConfig, spec: StudySpec, storage: optuna.storages.BaseStor
         artifacts=artifact_store(cfg, run_dir) if graph_dir is not None else None,
         test_eval="best",  # the held-out figure of the best trials (never selected on)
     )
-    objective = OBJECTIVES[spec.variant](ctx)
-    queue_only = "grid_queued" in study.user_attrs  # grid: points come from the queue only (wait_for_grid)
-    with tqdm(total=budget, initial=done, desc=spec.name, unit="trial", dynamic_ncols=True) as bar:
-        cb = Budget(budget, cfg.search.max_failures_in_a_row, bar, in_optimize=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            while cb.aborted is None:  # one trial at a time, each started only while the budget has room
-                state = budget_state(study, budget, queue_only)
-                if state == "done":
-                    break
-                if state == "wait":  # the running trials fill the budget; one may die and be queued again
-                    time.sleep(WAIT_POLL_S)
-                    fail_dead_workers(study)
-                    continue
-                run_trial(study, objective, run_dir=run_dir, n_trials=budget, callbacks=[cb],
-                          gc_after_trial=cfg.search.gc_after_trial)
-    if graph_dir is not None:
-        keep_best_graphs(study, ctx.artifacts)
-    return study, cb.aborted
 
 
-#: Seconds between looks at the storage while other workers' trials fill the budget.
-WAIT_POLL_S = 0.5
 #: Test rows below which a search's held-out figure is too noisy to read (binomial SE ~0.009 at 2,000
 #: rows and accuracy 0.8; 0.05 at 100).
 MIN_TEST_ROWS = 2000
@@ -340,7 +325,7 @@ def compress_after_nas(cfg: RunConfig, specs: list[StudySpec], storage, get_spli
             log.warning("compress-after-NAS: the best graph of %s (%s) is gone; skipped", spec.name, path)
             continue
         splits = get_splits()
-        graph = lc.compress(lc.load(path), cfg.compression)
+        graph = lc.compress(lc.load(path), cfg.compression, splits)
         record: dict[str, Any] = {"trial": best.number, "arch": best.user_attrs.get("arch"),
                                   "accuracy_trained": best.user_attrs.get("accuracy_trained"),
                                   "compared_with": siblings}

@@ -20,7 +20,9 @@ from optuna.trial import FrozenTrial, TrialState
 from mase_lite.errors import MaseError
 
 from .space import MODEL_PARAMS
-from .storage import best_trials, interrupted_numbers, is_early_stopped
+from .best import best_trials
+from .budget import is_early_stopped
+from .liveness import interrupted_numbers
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ callbacks after the tell, garbage collected), plus what a storage outage needs:
 
 * the storage calls themselves are retried (:mod:`search.storage_retry`);
 * a trial that finished while the storage stays unreachable past ``search.storage_retry_s`` is kept
-  in the run's pending folder (:mod:`search.pending`) and the error raised names it -- nothing that
-  finished is lost, and ``--resume`` stores it;
+  in the run's pending folder (:mod:`search.pending`; ``run_dir``, None: not kept) and the error
+  raised names it -- nothing that finished is lost, and ``--resume`` stores it;
 * a trial that another worker failed meanwhile (its heartbeat looked stale after the outage) is
   not an error: its result goes into the configuration's queued retry (:func:`search.pending.deliver`).
 """
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
-def run_trial(study: optuna.Study, objective: Callable[[optuna.Trial], Any], *, run_dir: Path, n_trials: int,
+def run_trial(study: optuna.Study, objective: Callable[[optuna.Trial], Any], *, run_dir: Path | None, n_trials: int,
               callbacks: Sequence[Callback] = (), gc_after_trial: bool = False) -> FrozenTrial | None:
     """Ask a trial, run ``objective`` on it, tell its result and call ``callbacks`` with the told trial.
 
@@ -59,7 +59,7 @@ def run_trial(study: optuna.Study, objective: Callable[[optuna.Trial], Any], *, 
 
 
 def _run_objective(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], Any],
-                   run_dir: Path) -> tuple[TrialState, list[float] | None]:
+                   run_dir: Path | None) -> tuple[TrialState, list[float] | None]:
     """The objective's state and values; a finished result the storage could not take is kept."""
     with compat.heartbeat_thread(compat.trial_id_of(trial), compat.storage_of(study)):
         try:
@@ -69,7 +69,7 @@ def _run_objective(study: optuna.Study, trial: optuna.Trial, objective: Callable
         except StorageUnavailable as exc:
             rec = getattr(exc, "record", None)
             if rec is not None and rec.values is not None:
-                raise keep(run_dir, study, Result(trial.number, list(rec.values), dict(rec.attrs)), exc) from exc
+                raise _kept(run_dir, study, Result(trial.number, list(rec.values), dict(rec.attrs)), exc) from exc
             raise
         except Exception as exc:  # recorded by the objective (fail_reason); the study goes on
             log.debug("trial %d failed: %r", trial.number, exc)
@@ -78,14 +78,14 @@ def _run_objective(study: optuna.Study, trial: optuna.Trial, objective: Callable
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, values: list[float] | None,
-          run_dir: Path, n_trials: int) -> FrozenTrial | None:
+          run_dir: Path | None, n_trials: int) -> FrozenTrial | None:
     """Tell the trial; a COMPLETE result is kept when the storage stays down, and delivered to its
     retry when another worker failed the trial meanwhile."""
     try:
         told = study.tell(trial, values, state=state, skip_if_finished=True)
     except StorageUnavailable as exc:
         if state == TrialState.COMPLETE:
-            raise keep(run_dir, study, Result(trial.number, values or []), exc) from exc
+            raise _kept(run_dir, study, Result(trial.number, values or []), exc) from exc
         raise
     except optuna.exceptions.UpdateFinishedTrialError:  # finished by another worker since tell looked
         told = compat.storage_of(study).get_trial(compat.trial_id_of(trial))
@@ -96,3 +96,9 @@ def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, values: l
     if state != TrialState.COMPLETE:
         return None
     return deliver(study, Result(trial.number, values or []), n_trials)
+
+
+def _kept(run_dir: Path | None, study: optuna.Study, result: Result, exc: StorageUnavailable) -> StorageUnavailable:
+    """The error to raise for a finished ``result`` the storage could not take: kept in ``run_dir``'s
+    pending folder (:func:`search.pending.keep`), or ``exc`` itself without a run folder."""
+    return exc if run_dir is None else keep(run_dir, study, result, exc)

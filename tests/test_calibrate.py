@@ -231,3 +231,33 @@ def test_lifecycle_compress_calibrates_when_needed_seeded():
     # no data: one clear error
     with pytest.raises(ConfigError, match="calibrate needs data"):
         Lifecycle().compress(tiny_graph(), pipeline)
+
+
+def test_search_with_a_calibrated_pipeline_calibrates_on_the_studys_data(fake_training, tmp_path):
+    """Every trial's compression gets the study's splits: a pipeline that needs calibration runs it
+    (the lifecycle keeps no data of its own)."""
+    import optuna
+
+    from search.config import RunConfig
+    from search.lifecycle import set_default_lifecycle
+    from search.study import run_search
+
+    class WithData(type(fake_training.lifecycle)):
+        def load_data(self, data_cfg, model, splits=("train", "val", "test")):
+            return _splits()
+
+    set_default_lifecycle(WithData(trainer=fake_training))  # the fixture puts the previous one back
+
+    cfg = RunConfig.from_dict({
+        "search": {"name": "cal", "samplers": ["random"], "variants": ["compress"], "n_trials": 2, "seeds": [0],
+                   "gc_after_trial": False},
+        "space": {"num_hidden_layers": [1], "num_attention_heads": [2], "hidden_size": [16], "intermediate_size": [32]},
+        "model": {"vocab_size": 512, "max_position_embeddings": 32},  # _splits' token ids are < 500
+        "data": {"max_length": 16, "n_val": 8},
+        "train": {"progress": False},
+        "compression": {"passes": {"quantize": lin(SCALED)}},
+    })
+    result = run_search(cfg, tmp_path / "run")
+    storage = optuna.storages.RDBStorage(result.storage_url)
+    trials = optuna.load_study(study_name=result.studies[0].name, storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2, [t.user_attrs.get("fail_reason") for t in trials]

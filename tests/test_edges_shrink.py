@@ -53,8 +53,12 @@ def test_head_scores_are_the_l1_norms_of_their_own_column_blocks():
 def test_equal_neuron_scores_remove_the_lowest_indices():
     g = tiny_graph()
     _set_neuron_scores(g, [1.0] * 64, [1.0] * 64)
-    g, info = run_pass(g, "prune_ffn", {"keep": 61})
+    cfg = {"keep": 61}
+    g, info = run_pass(g, "prune_ffn", cfg)
     assert info["layers"][0]["removed"] == [0, 1, 2]
+    # the tie-broken choice is the decision the history records (a replay removes the same neurons)
+    assert g.history[-1][0] == "prune_ffn" and g.history[-1][1]["remove"]["0"] == [0, 1, 2]
+    assert cfg == {"keep": 61}  # the caller's config is not written
     assert g.gm.get_submodule(UP).weight.shape == (61, 32)
 
 

@@ -18,7 +18,7 @@ from passes import run_pass
 from passes.export import ExportLoadError, export_graph, load_export
 from passes.export import packing
 from passes.export.compact import _decode_tensor, _encode_tensor
-from passes.export.codecs import IntegerCodec
+from passes.export.codecs import Codec
 from passes.export.encoding import choose_masked_encoding, masked_sizes
 from passes.formats.integer import IntegerFormat
 
@@ -84,7 +84,7 @@ def test_every_encoding_roundtrips_values_and_mask(n, width, data):
     mask = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
     frac = data.draw(st.integers(0, width))
     t = codes / 2.0 ** frac * mask  # pruned values are zero, as the prune pass leaves them
-    codec = IntegerCodec(IntegerFormat.from_qspec((width, frac, False)))
+    codec = Codec(IntegerFormat.from_qspec((width, frac, False)))
     arrays: dict = {}
     entry = _encode_tensor("w", t, codec, mask, arrays)
     kept, nonzero = int(mask.sum()), int(((t != 0) & mask).sum())

@@ -16,7 +16,7 @@ from _compression_helpers import LAB2_PRUNE, assert_export_bytes_match_cost, tin
 from mase_lite import MaseGraph
 from passes import run_pass
 from passes.export import export_graph
-from passes.export.codecs import BlockFPCodec, MinifloatCodec, codec_from_dict
+from passes.export.codecs import Codec, codec_from_dict
 from passes.export.compact import _decode_tensor, _encode_tensor
 from passes.formats.block_fp import BlockFPConfig, BlockFPFormat
 from passes.formats.minifloat import MinifloatConfig, MinifloatFormat
@@ -142,7 +142,7 @@ def _has_nan_code(f: MinifloatFormat) -> bool:
        xs=st.lists(st.one_of(st.floats(width=32), st.sampled_from(SPECIALS)), min_size=1, max_size=40))
 def test_minifloat_codes_roundtrip_to_the_quantised_values(fi, xs):
     f = MINIFLOATS[fi]
-    codec = MinifloatCodec(f)
+    codec = Codec(f)
     x = torch.tensor(xs, dtype=torch.float32)
     if not _has_nan_code(f):
         x = x.nan_to_num(nan=0.0) if f.special == "none" else x[~torch.isnan(x)]
@@ -166,14 +166,14 @@ def test_minifloat_codes_are_the_float8_bit_patterns():
     x = torch.tensor([0.0, -0.0, 2.0**-9, -2.0**-9, 448.0, -448.0, 1.0, -3.5, 2.0**-11, -2.0**-11, 0.1, math.nan])
     x = torch.cat([x, torch.randn(500) * 30])
     for f, dt, nan_code in ((E4M3, torch.float8_e4m3fn, 0x7F), (E5M2, torch.float8_e5m2, 0x7E)):
-        codes = MinifloatCodec(f).codes(x) & 0xFF
+        codes = Codec(f).codes(x) & 0xFF
         ref = f.quantize(x).to(dt).view(torch.uint8).to(torch.int64)
         nan = torch.isnan(x)
         assert torch.equal(codes[~nan], ref[~nan])
         assert int(codes[nan][0]) == nan_code  # the canonical quiet NaN
-    e5 = MinifloatCodec(E5M2)
+    e5 = Codec(E5M2)
     assert (e5.codes(torch.tensor([math.inf, -math.inf, 1e9])) & 0xFF).tolist() == [0x7C, 0xFC, 0x7C]
-    assert MinifloatCodec(E4M3).codes(torch.tensor([0.0, -0.0])).tolist() == [0, -128]
+    assert Codec(E4M3).codes(torch.tensor([0.0, -0.0])).tolist() == [0, -128]
 
 
 @settings(max_examples=40, deadline=None)
@@ -181,7 +181,7 @@ def test_minifloat_codes_are_the_float8_bit_patterns():
        rows=st.integers(1, 3), data=st.data())
 def test_block_fp_codes_and_exponents_roundtrip(m, ew, bs, rows, data):
     f = BlockFPFormat(BlockFPConfig(mantissa_width=m, exponent_width=ew, block_size=bs))
-    codec = BlockFPCodec(f)
+    codec = Codec(f)
     n = bs * data.draw(st.integers(1, 3))
     vals = data.draw(st.lists(st.one_of(st.floats(width=32, allow_nan=False), st.sampled_from(
         [0.0, -0.0, math.inf, -math.inf, 2.0**-20, -2.0**-20])), min_size=rows * n, max_size=rows * n))
@@ -203,7 +203,7 @@ def test_zero_codes_fit_the_masked_encodings(fmt):
     """Pruned positions and rounding zeros (+-0.0) are zeros for the encodings, as cost counts them."""
     f = E4M3 if fmt == "minifloat" else BlockFPFormat(BlockFPConfig(mantissa_width=3, exponent_width=5,
                                                                     block_size=4))
-    codec = MinifloatCodec(f) if fmt == "minifloat" else BlockFPCodec(f)
+    codec = Codec(f)
     g = torch.Generator().manual_seed(0)
     t = torch.randn(8, 16, generator=g)
     t[t.abs() < 0.4] *= 1e-4  # rounding zeros of both signs

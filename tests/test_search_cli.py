@@ -189,6 +189,7 @@ lr = 0.02    # large enough that fine-tuning moves quantised weights across grid
     ("lab2_task1_samplers", [f"lab2-task1-{s}-s{i}" for s in ("grid", "random", "tpe", "tpe+nodes") for i in range(3)]),
     ("lab2_task2_compression_aware", ["lab2-task2-baseline", "lab2-task2-compress", "lab2-task2-compress_finetune"]),
     ("nas_pareto_nsga2", ["nas-pareto"]),
+    ("deploy_shrink_minilm", ["deploy-shrink"]),
 ])
 def test_example_configs_plan_their_studies(name, studies):
     from pathlib import Path

@@ -13,6 +13,7 @@ from optuna.trial import TrialState, create_trial
 
 from mase_lite.cli import main
 from mase_lite.graph import MaseGraph
+from search import optuna_compat as compat
 from search.config import RunConfig, SearchError
 from search.objectives import BaselineObjective, OverBudget, TrialRecord
 from search.space import describe_graph
@@ -134,22 +135,22 @@ def test_over_budget_trial_is_dropped_and_its_queued_point_queued_again():
     _trial(study, TrialState.COMPLETE, params={"a": 1})
     study.enqueue_trial({"a": 2}, user_attrs={"grid_point": 5})
     trial = study.ask()  # the queued point, numbered 1: one complete trial is ahead of it
-    sys_attrs = study._storage.get_trial(trial._trial_id).system_attrs
+    sys_attrs = compat.storage_of(study).get_trial(compat.trial_id_of(trial)).system_attrs
     assert trial.number == 1 and trial.params == {} and sys_attrs["fixed_params"] == {"a": 2}
     objective = BaselineObjective(types.SimpleNamespace(n_trials=2))
     objective._check_budget(trial, TrialRecord(trial))  # 1 ahead < 2: goes on
     objective = BaselineObjective(types.SimpleNamespace(n_trials=1))
     with pytest.raises(OverBudget, match="over budget: n_trials = 1"):
         objective._check_budget(trial, TrialRecord(trial))
-    frozen = study._storage.get_trial(trial._trial_id)
+    frozen = compat.storage_of(study).get_trial(compat.trial_id_of(trial))
     assert frozen.user_attrs["over_budget"] is True
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [(t.system_attrs["fixed_params"], t.user_attrs) for t in waiting] == [
         ({"a": 2}, {"requeue_of": 1, "grid_point": 5})]
     sampled = study.ask()  # pops the requeued point
-    assert study._storage.get_trial(sampled._trial_id).system_attrs["fixed_params"] == {"a": 2}
+    assert compat.storage_of(study).get_trial(compat.trial_id_of(sampled)).system_attrs["fixed_params"] == {"a": 2}
     plain = study.ask()   # a sampled trial (no fixed params) is not queued again
-    assert requeue_over_budget(study, study._storage.get_trial(plain._trial_id)) is False
+    assert requeue_over_budget(study, compat.storage_of(study).get_trial(compat.trial_id_of(plain))) is False
 
 
 # --------------------------------------------------------------------------- duplicates and artifacts
@@ -240,7 +241,7 @@ def test_grid_points_are_queued_whole_even_when_a_worker_takes_one_at_once(tmp_p
         if not taken:
             t = other.ask()
             x = t.suggest_categorical("x", [0, 1, 2])
-            taken.append((x, storage.get_trial(t._trial_id).system_attrs.get("grid_id")))
+            taken.append((x, storage.get_trial(compat.trial_id_of(t)).system_attrs.get("grid_id")))
 
     study.add_trial = add_then_pop
     assert enqueue_grid(study, study.sampler) == 3

@@ -230,12 +230,12 @@ def test_cli_train_from_a_checkpoint_records_its_tokenizer(tmp_path, data_dir):
 def test_missing_mirror_is_reported_before_the_model_is_built(tmp_path, monkeypatch, capsys):
     """A model built from sizes does not choose the tokenizer, so ``mase-lite train`` checks the
     tokenizer first: offline with no mirror, the error comes before any model class is imported."""
-    import mase_lite.commands.common as common
+    import search.lifecycle as lifecycle  # the commands build models through the lifecycle
     from mase_lite.cli import main
 
     monkeypatch.delenv("MASE_LITE_DATA", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(common, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model built")))
+    monkeypatch.setattr(lifecycle, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model built")))
     assert main(["train", "--layers", "1", "--hidden", "32", "--intermediate", "64", "--n-train", "4",
                  "--n-val", "0", "--eval-split", "none"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

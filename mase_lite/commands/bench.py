@@ -250,6 +250,7 @@ def run_build(args: argparse.Namespace) -> int:
     from search.bench.build import build_table
     from search.config import load_run_config
 
+    from .common import storage_url
     from .search import _log_file, parse_overrides
 
     seeds = _training_seeds(args.seeds) if args.seeds is not None else None
@@ -259,11 +260,10 @@ def run_build(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds = {args.seeds!r} differs from the pre-registered bench.seeds = {planned} of "
                           f"{args.config}; drop --seeds (or change [bench] before the build starts)")
     seeds = seeds or planned or [0, 1, 2]
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} exists and is not a directory")
+    url = storage_url(args.out, args.storage, new=True)
     command = "mase-lite " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     with _log_file(args.out / "build.log"):
-        result = build_table(cfg, args.out, seeds, storage_url=args.storage, command=command)
+        result = build_table(cfg, args.out, seeds, storage_url=url, command=command)
     if result.table is None:
         print(f"{result.rows_done} of {result.rows_total} rows done (other workers may still be running); "
               f"rerun the same command to continue")

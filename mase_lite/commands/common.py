@@ -1,16 +1,34 @@
-"""Argument helpers shared by CLI subcommands: choosing the model (checkpoint, TOML section or flags)."""
+"""Helpers shared by CLI subcommands: the lifecycle they go through, choosing the model (checkpoint,
+TOML section or flags) and the studies' storage (``--run DIR`` / ``--storage URL``).
+
+The CLI sits on top of ``search`` (``mase_lite`` <- ``passes`` <- ``search`` <- CLI); ``search`` is
+imported inside the functions, so that the commands that do not need it start fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from ..config import load_toml
 from ..errors import ConfigError
-from ..models import MODEL_TYPES, POOLINGS, ModelConfig, build_model, load_checkpoint
+from ..models import MODEL_TYPES, POOLINGS, ModelConfig
+
+if TYPE_CHECKING:
+    from search.lifecycle import Lifecycle
+
+
+def lifecycle() -> "Lifecycle":
+    """The lifecycle every command builds, loads, trains, compresses and evaluates with: the default one
+    (:func:`search.lifecycle.default_lifecycle`; tests set a fake) keeping each model's own attention
+    implementation (a command builds what the user's config says)."""
+    from search.lifecycle import default_lifecycle
+
+    return dataclasses.replace(default_lifecycle(), attn_implementation=None)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +73,40 @@ def model_config_from_args(args: argparse.Namespace, section: dict[str, Any] | N
     return ModelConfig.from_dict(data, path="model")
 
 
-def model_from_args(args: argparse.Namespace, section: dict[str, Any] | None = None) -> nn.Module:
-    """The model the arguments describe, in eval mode."""
-    if getattr(args, "checkpoint", None):
+def model_from_args(args: argparse.Namespace, section: dict[str, Any] | None = None, checkpoint: str | None = None,
+                    lc: "Lifecycle | None" = None) -> nn.Module:
+    """The model the arguments describe, in eval mode, made by ``lc`` (default :func:`lifecycle`):
+    ``--checkpoint`` (else ``checkpoint``, a config file's), else a model config (``section``, a config
+    file's ``[model]`` table, then ``--model-config``, then flags). A checkpoint with a ``[model]``
+    table, a model config file or size flags is an error."""
+    lc = lc or lifecycle()
+    ckpt = getattr(args, "checkpoint", None) or checkpoint
+    if ckpt:
+        if section is not None:
+            raise ConfigError("give either --checkpoint or a [model] table, not both")
         if getattr(args, "model_config", None) or any(getattr(args, n, None) is not None for n in _FLAG_FIELDS[1:]):
             raise ConfigError("give either --checkpoint or a model config (--model-config / size flags), not both")
-        return load_checkpoint(args.checkpoint, getattr(args, "num_labels", None), getattr(args, "pooling", None)).eval()
-    return build_model(model_config_from_args(args, section)).eval()
+        return lc.checkpoint(ckpt, getattr(args, "num_labels", None), getattr(args, "pooling", None))
+    return lc.model(model_config_from_args(args, section))
+
+
+def storage_url(run_dir: Path | None, storage: str | None, *, new: bool = False) -> str | None:
+    """The Optuna storage of a command's studies: ``--storage`` if given, else the run folder's.
+
+    ``new`` (``search``, ``bench build``: ``run_dir`` is ``--out``, which may not exist yet): ``--out``
+    must not be a file; without ``--storage`` it returns ``None`` (the run then uses
+    ``search.storage``, else ``sqlite:///DIR/optuna.db``). Otherwise (``plot``, ``dashboard``: ``--run
+    DIR`` or ``--storage``, one of them given): ``DIR`` must hold an ``optuna.db``.
+    """
+    from search.config import SearchError
+    from search.storage import default_storage_url
+
+    if new:
+        if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--out {run_dir} exists and is not a directory")
+        return storage
+    if storage is not None or run_dir is None:
+        return storage
+    if not (run_dir / "optuna.db").is_file():
+        raise SearchError(f"{run_dir} is not a search run folder (no optuna.db); give --storage for other storage")
+    return default_storage_url(run_dir)

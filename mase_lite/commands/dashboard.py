@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mase_lite.errors import ConfigError
     from search.config import SearchError
-    from search.storage import default_storage_url, open_artifacts, open_storage, redact
+    from search.storage import open_artifacts, open_storage, redact
+
+    from .common import storage_url
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port = {args.port}: use 1-65535")
@@ -33,12 +35,7 @@ def run(args: argparse.Namespace) -> int:
         import optuna_dashboard
     except ImportError:
         raise SearchError("optuna-dashboard is not installed; install mase-lite[dashboard]") from None
-    if args.run_dir is not None:
-        if not (args.run_dir / "optuna.db").is_file():
-            raise SearchError(f"{args.run_dir} is not a search run folder (no optuna.db); give --storage for other storage")
-        url = default_storage_url(args.run_dir)
-    else:
-        url = args.storage
+    url = storage_url(args.run_dir, args.storage)
     storage = open_storage(url, heartbeat_interval=None)
     folder = args.artifacts or (args.run_dir / "artifacts" if args.run_dir is not None else None)
     store = open_artifacts(folder) if folder is not None and folder.is_dir() else None

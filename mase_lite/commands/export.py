@@ -54,9 +54,9 @@ def _check(graph, args, report) -> None:
     with torch.no_grad():
         ref = graph(**inputs).logits
     if args.format == "compact":
-        from ..graph import MaseGraph
+        from .common import lifecycle
 
-        back = MaseGraph.load(args.out)
+        back = lifecycle().load(args.out)
         with torch.no_grad():
             same = torch.equal(back(**inputs).logits, ref)
         print(f"check: loaded export {'is bit-identical to' if same else 'DIFFERS from'} the graph on 4 random rows")
@@ -72,11 +72,11 @@ def _check(graph, args, report) -> None:
 def run(args: argparse.Namespace) -> int:
     from passes.export import export_graph
 
-    from ..graph import MaseGraph
+    from .common import lifecycle
 
     if args.deployable and args.format != "onnx":
         raise ConfigError("--deployable is for --format onnx (the compact format is not a runtime model)")
-    graph = MaseGraph.load(args.graph_dir)
+    graph = lifecycle().load(args.graph_dir)
     options = {"deployable": True} if args.deployable else {}
     report = export_graph(graph, args.out, format=args.format, **options)
     if not report["compressed"]:

@@ -25,16 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from search.plots import run_study_names, write_figures
     from search.config import SearchError
-    from search.storage import default_storage_url, open_storage
+    from search.storage import open_storage
 
-    if args.run_dir is not None:
-        db = args.run_dir / "optuna.db"
-        if not db.is_file():
-            raise SearchError(f"{args.run_dir} is not a search run folder (no optuna.db); give --storage for other storage")
-        url = default_storage_url(args.run_dir)
-    else:
-        url = args.storage
-    storage = open_storage(url, heartbeat_interval=None)
+    from .common import storage_url
+
+    storage = open_storage(storage_url(args.run_dir, args.storage), heartbeat_interval=None)
     out = args.out or args.run_dir or Path(".")
     if args.studies:
         known = set(run_study_names(storage))

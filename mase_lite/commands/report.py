@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_model_args, model_from_args
+from .common import add_model_args, lifecycle, model_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,11 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from passes import run_pass
 
-    from ..graph import trace
-    from ..models import example_inputs
-
-    model = model_from_args(args)
-    graph = trace(model, example_inputs(model))
+    lc = lifecycle()
+    model = model_from_args(args, lc=lc)
+    graph = lc.trace(model)
     cfg = {"by": args.by, "batch_size": args.batch_size, "seq_len": args.seq_len}
     if args.ops:
         cfg["ops"] = args.ops

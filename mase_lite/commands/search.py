@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from search.study import run_search
     from search.summary import format_summary
 
+    from .common import storage_url
+
     if args.n_trials is not None and args.n_trials < 1:
         raise ConfigError(f"--n-trials = {args.n_trials} must be at least 1")
     overrides = parse_overrides(args.overrides)
@@ -99,10 +101,9 @@ def run(args: argparse.Namespace) -> int:
         overrides.setdefault("train", {})["device"] = args.device
     cfg = load_run_config(args.config, overrides)
     run_dir = args.out or Path("runs") / cfg.search.name
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} exists and is not a directory")
+    url = storage_url(run_dir, args.storage, new=True)
     with _log_file(run_dir / "search.log"):
-        result = run_search(cfg, run_dir, storage_url=args.storage, resume=args.resume, n_trials=args.n_trials)
+        result = run_search(cfg, run_dir, storage_url=url, resume=args.resume, n_trials=args.n_trials)
     print(format_summary(result.summary))
     print()
     for name, why in result.aborted.items():

@@ -3,8 +3,9 @@
 
 Data and recipe come from a TOML file's ``[data]`` and ``[train]`` tables (``--config``; its
 ``[model]`` table describes the model) overridden by flags. The logic lives in functions that take
-already-built objects (:func:`train_model`, :func:`evaluate_model`); the few lines that build, trace,
-save and load models are at the end of the module.
+already-built objects (:func:`train_model`, :func:`evaluate_model`); the few lines that build and
+save models are at the end of the module. Every step (build, load, trace, data, train, evaluate) goes
+through the command lifecycle (:func:`mase_lite.commands.common.lifecycle`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 from ..config import load_toml
 from ..data import DataConfig, Splits
 from ..errors import ConfigError
-from ..training import EvalResult, TrainConfig, evaluate
-from .common import add_model_args
+from ..training import EvalResult, TrainConfig
+from .common import add_model_args, lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -147,25 +148,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- logic on built objects
 
 
-def tokenizer_config(data_cfg: DataConfig, model) -> DataConfig:
+def tokenizer_config(data_cfg: DataConfig, model, lc=None) -> DataConfig:
     """``data_cfg`` with the tokenizer chosen for ``model`` (``--tokenizer``, else the checkpoint's own
     tokenizer files, else bert-base-uncased; the lifecycle's step)."""
-    from search.lifecycle import default_lifecycle
-
-    return default_lifecycle().tokenizer_config(data_cfg, model)
+    return (lc or lifecycle()).tokenizer_config(data_cfg, model)
 
 
-def prepare_data(model, data_cfg: DataConfig, splits: tuple[str, ...] = SPLITS) -> Splits:
+def prepare_data(model, data_cfg: DataConfig, splits: tuple[str, ...] = SPLITS, lc=None) -> Splits:
     """Splits for ``model``, after checking max_length and vocabulary against it (the lifecycle's step)."""
-    from search.lifecycle import default_lifecycle
-
-    return default_lifecycle().load_data(data_cfg, model, splits)
+    return (lc or lifecycle()).load_data(data_cfg, model, splits)
 
 
-def train_model(model, splits: Splits, train_cfg: TrainConfig, eval_split: str = "val") -> dict[str, Any]:
+def train_model(model, splits: Splits, train_cfg: TrainConfig, eval_split: str = "val", lc=None) -> dict[str, Any]:
     """Train ``model`` in place on ``splits.train``; evaluate on ``eval_split`` (or ``"none"``)."""
-    from search.lifecycle import default_lifecycle
-
     split = None if eval_split == "none" else eval_split
 
     def report(state):
@@ -175,7 +170,7 @@ def train_model(model, splits: Splits, train_cfg: TrainConfig, eval_split: str =
                      r.accuracy, r.loss)
 
     try:
-        res = default_lifecycle().train_and_eval(model, splits, train_cfg, split=split, callback=report)
+        res = (lc or lifecycle()).train_and_eval(model, splits, train_cfg, split=split, callback=report)
     except ConfigError as exc:
         raise ConfigError(f"--eval-split {eval_split}: {exc}") from None
     out: dict[str, Any] = {"training": res["training"]}
@@ -185,13 +180,15 @@ def train_model(model, splits: Splits, train_cfg: TrainConfig, eval_split: str =
 
 
 def evaluate_model(model, splits: Splits, split: str, *, batch_size: int = 128, precision: str = "auto",
-                   num_threads: int | None = None, progress: bool = False, device: str | None = None) -> EvalResult:
+                   num_threads: int | None = None, progress: bool = False, device: str | None = None,
+                   lc=None) -> EvalResult:
     """Accuracy and loss of ``model`` on one split (on ``device``; ``None``: where the model is)."""
-    ds = getattr(splits, split)
-    if len(ds) == 0:
+    if len(getattr(splits, split)) == 0:
         raise ConfigError(f"split {split!r} is empty")
-    return evaluate(model, ds, batch_size=batch_size, precision=precision, num_threads=num_threads,
-                    pad_id=splits.pad_id, progress=progress, device=device)
+    recipe = TrainConfig(eval_batch_size=batch_size, precision=precision, num_threads=num_threads,
+                         device=device)  # type: ignore[arg-type]  (None: where the model is)
+    r = (lc or lifecycle()).evaluate(model, splits, recipe, split, progress=progress)
+    return EvalResult(accuracy=r["accuracy"], loss=r["loss"], n=r["n"])
 
 
 def _print(summary: dict[str, Any], as_json: bool) -> None:
@@ -225,12 +222,13 @@ def run(args: argparse.Namespace) -> int:
         from ..data import check_tokenizer, resolve_tokenizer
 
         check_tokenizer(resolve_tokenizer(data_cfg))
-    model = _build_model(args)
-    data_cfg = tokenizer_config(data_cfg, model)  # the checkpoint's own tokenizer by default; recorded below
+    lc = lifecycle()
+    model = _build_model(args, lc)
+    data_cfg = tokenizer_config(data_cfg, model, lc)  # the checkpoint's own tokenizer by default; recorded below
     needed = ("train",) if args.eval_split == "none" else ("train", args.eval_split)
-    splits = prepare_data(model, data_cfg, needed)  # also sets a decoder's pad_token_id before tracing
-    graph = _to_graph(model)
-    summary = train_model(graph, splits, train_cfg, args.eval_split)
+    splits = prepare_data(model, data_cfg, needed, lc)  # also sets a decoder's pad_token_id before tracing
+    graph = lc.trace(model)
+    summary = train_model(graph, splits, train_cfg, args.eval_split, lc)
     if args.out:
         summary["saved"] = str(_save_graph(graph, args.out, {"data": data_cfg.to_dict(), "train": train_cfg.to_dict(),
                                                                   "results": summary}))
@@ -246,11 +244,12 @@ def run_eval(args: argparse.Namespace) -> int:
     record = Path(args.graph) / "training.json"
     base = json.loads(record.read_text()).get("data", {}) if record.is_file() else {}
     data_cfg = data_config_from_args(args, base)
-    graph = _load_graph(args.graph)
-    splits = prepare_data(graph, data_cfg, (args.split,))
+    lc = lifecycle()
+    graph = lc.load(args.graph)
+    splits = prepare_data(graph, data_cfg, (args.split,), lc)
     result = evaluate_model(graph, splits, args.split, batch_size=args.batch_size, precision=args.precision,
                             num_threads=args.threads, progress=args.progress,
-                            device=resolve_device(args.device, "--device"))
+                            device=resolve_device(args.device, "--device"), lc=lc)
     _print({args.split: result.__dict__}, args.json)
     return 0
 
@@ -258,19 +257,11 @@ def run_eval(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- model building and the IR
 
 
-def _build_model(args: argparse.Namespace):
+def _build_model(args: argparse.Namespace, lc):
     """the model to train, from ``--checkpoint`` or a model config (``[model]`` of ``--config``)."""
     from .common import model_from_args
 
-    return model_from_args(args, _section(args, "model"))
-
-
-def _to_graph(model):
-    """trace the model into the MaseGraph that is trained and saved."""
-    from ..graph import trace
-    from ..models import example_inputs
-
-    return trace(model, example_inputs(model))
+    return model_from_args(args, _section(args, "model") or None, lc=lc)
 
 
 def _save_graph(graph, out: Path, record: dict[str, Any]) -> Path:
@@ -278,10 +269,3 @@ def _save_graph(graph, out: Path, record: dict[str, Any]) -> Path:
     path = graph.save(out)
     (Path(path) / "training.json").write_text(json.dumps(record, indent=2, default=str))
     return Path(path)
-
-
-def _load_graph(path: Path):
-    """load a graph saved by :func:`_save_graph`."""
-    from ..graph import MaseGraph
-
-    return MaseGraph.load(path)

@@ -35,7 +35,7 @@ from typing import Any, Literal, Optional
 from ..config import Config, check_range, load_toml
 from ..data import DataConfig
 from ..errors import ConfigError
-from .common import add_model_args, model_config_from_args
+from .common import add_model_args, lifecycle, model_config_from_args, model_from_args
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +145,9 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _load_saved_graph(path: Path, cfg: TransformFile, checkpoint: Optional[Path]):
-    """``--graph DIR``: the saved graph (MaseGraph.load), which replaces any model source; a [data]
+def _load_saved_graph(path: Path, cfg: TransformFile, checkpoint: Optional[Path], lc):
+    """``--graph DIR``: the saved graph (``lc.load``), which replaces any model source; a [data]
     table without a tokenizer takes the one the graph was trained with (its training.json)."""
-    from ..graph import MaseGraph
-
     if checkpoint is not None or cfg.model is not None:
         raise ConfigError("--graph starts from a saved graph; give no checkpoint, --checkpoint or [model] table with it")
     if not (path / "graph.json").is_file() and not (path / "export.json").is_file():
@@ -160,47 +158,37 @@ def _load_saved_graph(path: Path, cfg: TransformFile, checkpoint: Optional[Path]
         tok = (json.loads(record.read_text()).get("data") or {}).get("tokenizer")
         if tok:
             cfg.data = cfg.data.replace(tokenizer=tok)
-    return MaseGraph.load(path).eval()
+    return lc.load(path).eval()
 
 
-def run(args: argparse.Namespace) -> int:
-    from passes import run_pass, run_pipeline
+def _load_data(cfg: TransformFile, args: argparse.Namespace, model, lc):
+    """The splits, when the run evaluates or its passes need calibration (before the passes run, so
+    that data problems surface first); else None."""
+    from passes.analysis.calibrate import pipeline_needs_calibration
 
-    from ..graph import trace
-    from ..models import build_model, example_inputs, load_checkpoint
-
-    cfg = _load(args)
-    checkpoint = args.checkpoint or (Path(cfg.checkpoint) if cfg.checkpoint else None)
-    saved = getattr(args, "graph", None)
-    if saved is not None:
-        model = _load_saved_graph(saved, cfg, checkpoint)
-    elif checkpoint is not None:
-        if cfg.model is not None:
-            raise ConfigError("give either --checkpoint or a [model] table, not both")
-        model = load_checkpoint(checkpoint, getattr(args, "num_labels", None), getattr(args, "pooling", None)).eval()
-    else:
-        model = build_model(model_config_from_args(args, cfg.model)).eval()
-    from passes.analysis.calibrate import pipeline_needs_calibration, with_calibration
-
-    splits = None
     needs_calibration = pipeline_needs_calibration({"passes": cfg.passes})
     if needs_calibration and cfg.data is None:
         raise ConfigError("the [passes] need calibration data (integer frac_width = \"auto\" or scaled_integer "
                           "activations); add a [data] table: its training rows calibrate the activation ranges")
-    evaluate_now = cfg.data is not None and not args.no_eval
-    if evaluate_now or needs_calibration:  # data problems surface before the passes run
-        from search.lifecycle import default_lifecycle
+    if (cfg.data is not None and not args.no_eval) or needs_calibration:
+        return lc.load_data(cfg.data, model)
+    return None
 
-        splits = default_lifecycle().load_data(cfg.data, model)
 
-    graph = model if saved is not None else trace(model, example_inputs(model))
-    pipeline, context = with_calibration(graph, {"passes": cfg.passes}, splits,
-                                         seed=cfg.data.seed if cfg.data is not None else 0)
-    graph, infos = run_pipeline(graph, pipeline, context=context)
-    seq = cfg.data.max_length if cfg.data is not None else 128
-    _, cost = run_pass(graph, "cost", {"batch_size": 1, "seq_len": seq})
+def _evaluation(graph, splits, cfg: TransformFile, lc) -> dict[str, Any]:
+    """Accuracy and loss on ``[eval] split`` with the ``[eval]`` settings."""
+    from ..training import TrainConfig
 
-    report: dict[str, Any] = {
+    e = cfg.eval
+    recipe = TrainConfig(eval_batch_size=e.batch_size, precision=e.precision, num_threads=e.num_threads,
+                         device=e.device)
+    ev = lc.evaluate(graph, splits, recipe, e.split)
+    return {"split": e.split, "rows": ev["n"], "accuracy": ev["accuracy"], "loss": ev["loss"]}
+
+
+def _report(graph, cost: dict[str, Any], infos: dict[str, Any], checkpoint: Optional[Path],
+            saved: Optional[Path]) -> dict[str, Any]:
+    return {
         "model": graph.model_info.get("class"),
         "checkpoint": str(checkpoint) if checkpoint else None,
         "graph": str(saved) if saved is not None else None,
@@ -211,20 +199,9 @@ def run(args: argparse.Namespace) -> int:
         "cost_nodes": cost["nodes"],
         "pass_info": {k: {kk: vv for kk, vv in v.items() if kk != "table"} for k, v in infos.items()},
     }
-    if evaluate_now:
-        from ..training import evaluate, resolve_device
 
-        ds = getattr(splits, cfg.eval.split)
-        ev = evaluate(graph, ds, batch_size=cfg.eval.batch_size, precision=cfg.eval.precision,
-                      num_threads=cfg.eval.num_threads, pad_id=splits.pad_id,
-                      device=resolve_device(cfg.eval.device, "eval.device"))
-        report["evaluation"] = {"split": cfg.eval.split, "rows": ev.n, "accuracy": ev.accuracy, "loss": ev.loss}
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    graph.save(out / "graph")
-    (out / "report.json").write_text(json.dumps(_jsonable(report), indent=2))
 
+def _print_report(report: dict[str, Any], cost: dict[str, Any], out: Path) -> None:
     print(cost["table"])
     print(f"passes: {', '.join(report['passes']) or '(none)'}")
     print(f"size: fp32 {cost['size_bytes_fp32']} B, quantised {cost['size_bytes_quantized']} B, "
@@ -234,4 +211,30 @@ def run(args: argparse.Namespace) -> int:
         e = report["evaluation"]
         print(f"accuracy on {e['split']} ({e['rows']} rows): {e['accuracy']:.4f}  loss {e['loss']:.4f}")
     print(f"graph: {out / 'graph'}\nreport: {out / 'report.json'}")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    lc = lifecycle()
+    checkpoint = args.checkpoint or (Path(cfg.checkpoint) if cfg.checkpoint else None)
+    saved = getattr(args, "graph", None)
+    if saved is not None:
+        model = _load_saved_graph(saved, cfg, checkpoint, lc)
+    else:
+        model = model_from_args(args, cfg.model, cfg.checkpoint, lc)
+    splits = _load_data(cfg, args, model, lc)
+    graph = model if saved is not None else lc.trace(model)
+    graph, infos = lc.compress_with_info(graph, {"passes": cfg.passes}, splits,
+                                         seed=cfg.data.seed if cfg.data is not None else 0)
+    seq = cfg.data.max_length if cfg.data is not None else 128
+    cost = lc.cost_report(graph, {"batch_size": 1, "seq_len": seq})
+    report = _report(graph, cost, infos, checkpoint, saved)
+    if cfg.data is not None and not args.no_eval:
+        report["evaluation"] = _evaluation(graph, splits, cfg, lc)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    graph.save(out / "graph")
+    (out / "report.json").write_text(json.dumps(_jsonable(report), indent=2))
+    _print_report(report, cost, out)
     return 0

@@ -157,6 +157,57 @@ _SUMS = ("params", "nonzero", "pruned", "rounding_zeros", "size_bytes_fp32", "si
          "size_bytes_compressed")
 
 
+def _node_tensors(graph: MaseGraph, node: fx.Node, stored: dict[int, tuple[str, torch.Tensor]],
+                  seen: set[int]) -> dict[str, dict[str, Any]]:
+    """Costs of the stored tensors ``node`` reads, by role, leaving out those already in ``seen`` (then added)."""
+    internal = node.meta.get("mase_internal") or node.target is getattr
+    roles = _tensor_roles(node) if node.op == "call_function" and not internal else {}
+    tensors = {}
+    for role, (pnode, spec, mask_node) in roles.items():
+        t = get_tensor(graph, pnode)
+        if id(t) not in stored or id(t) in seen:
+            continue
+        seen.add(id(t))
+        tensors[role] = _tensor_cost(pnode.target, t, spec, get_tensor(graph, mask_node),
+                                     None if role == "bias" else 0)
+    return tensors
+
+
+def _add_sums(row: dict[str, Any], tensors: dict[str, dict[str, Any]], group: dict[str, int]) -> None:
+    """Set ``row``'s :data:`_SUMS` over its tensors and add them to the ``group`` totals."""
+    for key in _SUMS:
+        row[key] = sum(t["numel" if key == "params" else key] for t in tensors.values())
+        group[key] += row[key]
+
+
+def _other_row(stored: dict[int, tuple[str, torch.Tensor]], seen: set[int],
+               group: dict[str, int]) -> dict[str, Any] | None:
+    """The row of the stored tensors read only by nodes not counted, or by no node at all (None: none)."""
+    rest = [(name, t) for tid, (name, t) in stored.items() if tid not in seen]
+    if not rest:
+        return None
+    tensors = {name: _tensor_cost(name, t, None, None) for name, t in rest}
+    row = {"node": "(other)", "op": "other", "module": "", "macs": 0, "macs_sparse": 0, "tensors": tensors,
+           "weight_bits": None, "weight_sparsity": 0.0}
+    _add_sums(row, tensors, group)
+    row.update(_fractions(row["params"], row["pruned"], row["rounding_zeros"], row["nonzero"]))
+    return row
+
+
+def _totals(groups: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The :data:`_SUMS` and fractions in all, for the embeddings and for the rest."""
+    info: dict[str, Any] = {}
+    for key in _SUMS:
+        info[key] = groups["embedding"][key] + groups["non_embedding"][key]
+        info[f"{key}_embedding"] = groups["embedding"][key]
+        info[f"{key}_non_embedding"] = groups["non_embedding"][key]
+    for sfx in ("", "_embedding", "_non_embedding"):
+        for k, v in _fractions(info["params" + sfx], info["pruned" + sfx], info["rounding_zeros" + sfx],
+                               info["nonzero" + sfx]).items():
+            info[k + sfx] = v
+    return info
+
+
 @register_pass("cost", CostConfig, kind="analysis", example={"batch_size": 2, "seq_len": 16})
 def cost(graph: MaseGraph, config: CostConfig) -> tuple[MaseGraph, dict[str, Any]]:
     """Per-node and total parameters, MACs, weight bits, non-zeros and fp32 / quantised / sparse sizes."""
@@ -169,16 +220,7 @@ def cost(graph: MaseGraph, config: CostConfig) -> tuple[MaseGraph, dict[str, Any
     for node in graph.nodes:
         meta = graph.meta(node)
         macs = meta.macs(b, s) if meta.op in ("linear", "matmul", "attention") else 0
-        internal = node.meta.get("mase_internal") or node.target is getattr
-        roles = _tensor_roles(node) if node.op == "call_function" and not internal else {}
-        tensors = {}
-        for role, (pnode, spec, mask_node) in roles.items():
-            t = get_tensor(graph, pnode)
-            if id(t) not in stored or id(t) in seen:
-                continue
-            seen.add(id(t))
-            tensors[role] = _tensor_cost(pnode.target, t, spec, get_tensor(graph, mask_node),
-                                         None if role == "bias" else 0)
+        tensors = _node_tensors(graph, node, stored, seen)
         macs_sparse = macs
         if is_linear(node) and "weight" in tensors and macs:
             w = tensors["weight"]
@@ -190,35 +232,16 @@ def cost(graph: MaseGraph, config: CostConfig) -> tuple[MaseGraph, dict[str, Any
         group = "embedding" if meta.op == "embedding" else "non_embedding"
         row: dict[str, Any] = {"node": node.name, "op": meta.op, "module": meta.module_path or "",
                                "macs": macs, "macs_sparse": macs_sparse, "tensors": tensors}
-        for key in _SUMS:
-            field = "numel" if key == "params" else key
-            row[key] = sum(t[field] for t in tensors.values())
-            groups[group][key] += row[key]
+        _add_sums(row, tensors, groups[group])
         row["weight_bits"] = tensors["weight"]["bits"] if "weight" in tensors else None
         row["weight_sparsity"] = (tensors["weight"]["pruned"] / tensors["weight"]["numel"]
                                   if "weight" in tensors and tensors["weight"]["numel"] else 0.0)
         row.update(_fractions(row["params"], row["pruned"], row["rounding_zeros"], row["nonzero"]))
         rows.append(row)
-    # stored tensors read only by nodes not counted above, or by no node at all
-    rest = [(name, t) for tid, (name, t) in stored.items() if tid not in seen]
-    if rest:
-        tensors = {name: _tensor_cost(name, t, None, None) for name, t in rest}
-        row = {"node": "(other)", "op": "other", "module": "", "macs": 0, "macs_sparse": 0, "tensors": tensors,
-               "weight_bits": None, "weight_sparsity": 0.0}
-        for key in _SUMS:
-            row[key] = sum(t["numel" if key == "params" else key] for t in tensors.values())
-            groups["non_embedding"][key] += row[key]
-        row.update(_fractions(row["params"], row["pruned"], row["rounding_zeros"], row["nonzero"]))
-        rows.append(row)
-    info: dict[str, Any] = {}
-    for key in _SUMS:
-        info[key] = groups["embedding"][key] + groups["non_embedding"][key]
-        info[f"{key}_embedding"] = groups["embedding"][key]
-        info[f"{key}_non_embedding"] = groups["non_embedding"][key]
-    for sfx in ("", "_embedding", "_non_embedding"):
-        for k, v in _fractions(info["params" + sfx], info["pruned" + sfx], info["rounding_zeros" + sfx],
-                               info["nonzero" + sfx]).items():
-            info[k + sfx] = v
+    other = _other_row(stored, seen, groups["non_embedding"])
+    if other is not None:
+        rows.append(other)
+    info = _totals(groups)
     info["macs"] = total_macs
     info["macs_sparse"] = total_macs_sparse
     info["batch_size"], info["seq_len"] = b, s

@@ -1,31 +1,15 @@
-"""The number formats a compact export stores as integer codes, and which tensor uses which.
+"""The integer codes a compact export stores for each tensor, and which tensor uses which format.
 
 Formats come from the number-format interface (:mod:`passes.formats`: a node's kwarg spec ->
-:func:`~passes.formats.format_from_spec`). A *codec* adapts one :class:`~passes.formats.NumberFormat`
-to storage: ``codes(x)`` (int64 codes), ``params(x)`` (per-tensor arrays the codes need, e.g.
-scales), ``from_codes(codes, params, dtype)`` (exactly ``format.quantize(x)``), ``bits`` (stored bits
-per code: ``format.bits_per_value()``) and ``to_dict()`` (the format's dict, in the manifest).
-
-* ``integer`` (Lab 2's fixed point): code ``k = clamp(round(x 2^f), -2^(w-1), 2^(w-1)-1)``
-  (``floor`` when the format says so), value ``k / 2^f``; no arrays (the fraction bits are in the
-  manifest).
-* ``scaled_integer``: code ``k = clamp(round(x / s), -qmax, qmax)``, value ``k s``. Weights: ``s =
-  amax / qmax`` with ``amax`` the tensor's (or each output channel's) largest magnitude, stored as
-  one float32 per tensor/channel (``amax`` array; float32-exact, so ``s`` is recomputed exactly, and
-  the size is the format's ``overhead_bits``); a fixed ``scale`` is in the manifest.
-* ``minifloat``: the code of a quantised value is its bit pattern ``sign | exponent | mantissa``
-  (``1 + e + m`` bits, stored as that many two's-complement bits, so the sign bit is the code's
-  sign: ``+0.0`` is code 0, ``-0.0`` is ``-2^(e+m)``). Subnormals have exponent field 0; the top
-  exponent field follows ``special`` (``"ieee"``: ``M = 0`` is inf, NaN is ``M = 2^(m-1)``; ``"fn"``:
-  all-ones ``M`` is NaN; ``"none"``: normal numbers). Decoding gives ``format.quantize(x)`` bit for
-  bit (a NaN comes back as the format's NaN code with its sign); no arrays. A NaN in a format without
-  a NaN code (``"none"``, or ``"ieee"`` with ``m = 0``) cannot be stored (MaseError).
-* ``block_fp``: per value ``sign | k`` (``1 + mantissa_width`` bits, sign-magnitude laid out as
-  two's-complement bits: ``+0`` is code 0); per block of ``block_size`` along the last dimension the
-  shared exponent ``s`` as the unsigned ``exponent_width``-bit code ``s + bias``, bit-packed into one
-  uint8 array ``exponents`` of ``ceil(n_blocks * exponent_width / 8)`` bytes (the format's
-  ``overhead_bits`` rounded up, as the ``cost`` pass counts it: codes and exponents are rounded up
-  to whole bytes separately, as stored). NaN cannot be stored (MaseError).
+:func:`~passes.formats.format_from_spec`), and so does their storage: a format that implements
+:meth:`~passes.formats.NumberFormat.to_codes`, ``code_params``, ``from_codes`` and ``code_is_zero``
+(each in its own file under ``passes/formats/``) is stored as codes; this module names no format.
+A :class:`Codec` is one such format with the ``channel_dim`` of the tensor it stores: ``codes(x)``
+(int64 codes), ``params(x)`` (the per-tensor arrays the codes need, e.g. scales, named as the
+format's ``code_param_names``), ``from_codes(codes, params, dtype, shape)`` (exactly
+``format.quantize(x)``), ``bits`` (stored bits per code: ``format.bits_per_value()``) and
+``to_dict()`` (the format's dict and ``channel_dim``, in the manifest). What each built-in format
+stores is documented beside its code methods.
 
 A value is a *zero* (for the masked encodings' non-zero bits, :meth:`Codec.is_zero`) when it
 equals 0: ``+0.0`` and ``-0.0`` alike, as the ``cost`` pass counts non-zeros. Pruned positions are
@@ -36,7 +20,6 @@ encoding, which stores no codes for zeros (it comes back as ``+0.0``, an equal v
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Mapping, Optional
 
 import torch
@@ -46,28 +29,29 @@ from mase_lite.errors import MaseError
 from mase_lite.graph import MaseGraph
 
 from ..formats import NumberFormat, format_from_dict, format_from_spec
-from ..formats.integer import IntegerFormat, QSpec, quantize_codes_
-from ..formats.block_fp import BlockFPFormat
-from ..formats.minifloat import MinifloatFormat
-from ..formats.scaled_integer import ScaledIntegerFormat, _work_dtype
-from . import packing
 from ..transforms.compressed_nodes import get_tensor, is_embedding, is_linear, linear_mask_node
 
-__all__ = ["Codec", "FormatCodec", "IntegerCodec", "ScaledIntegerCodec", "MinifloatCodec", "BlockFPCodec", "codec_for", "codec_from_dict", "TensorRole",
-           "tensor_roles"]
+__all__ = ["Codec", "codec_for", "codec_from_dict", "TensorRole", "tensor_roles"]
 
 log = logging.getLogger(__name__)
 
 
 class Codec:
-    """Integer codes of one tensor in one number format (see the module docstring)."""
+    """The integer codes of one tensor in one number format, through the format's code methods."""
 
-    name = ""
-    #: names of the arrays ``params`` returns (stored beside the codes, handed back to ``from_codes``)
-    param_names: tuple[str, ...] = ()
-
-    def __init__(self, fmt: NumberFormat, channel_dim: Optional[int]):
+    def __init__(self, fmt: NumberFormat, channel_dim: Optional[int] = None):
+        if not type(fmt).has_codes():
+            raise MaseError(f"the {fmt.name!r} format has no integer codes (NumberFormat.to_codes)")
         self.format, self.channel_dim = fmt, channel_dim
+
+    @property
+    def name(self) -> str:
+        return self.format.name
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Names of the arrays :meth:`params` returns (stored beside the codes, handed back to ``from_codes``)."""
+        return tuple(self.format.code_param_names)
 
     @property
     def bits(self) -> int:
@@ -77,18 +61,18 @@ class Codec:
         return self.format.quantize(x, channel_dim=self.channel_dim)
 
     def params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {}
+        return self.format.code_params(x.detach(), self.channel_dim)
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.format.to_codes(x.detach(), self.channel_dim)
 
     def is_zero(self, codes: torch.Tensor) -> torch.Tensor:
         """Where the codes decode to a zero value (``+0.0`` or ``-0.0``)."""
-        return codes == 0
+        return self.format.code_is_zero(codes)
 
     def from_codes(self, codes: torch.Tensor, params: Mapping[str, torch.Tensor], dtype: torch.dtype,
                    shape: tuple[int, ...]) -> torch.Tensor:
-        raise NotImplementedError
+        return self.format.from_codes(codes, dict(params), dtype, tuple(shape), self.channel_dim)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.format.to_dict(), "channel_dim": self.channel_dim}
@@ -100,229 +84,12 @@ class Codec:
         return hash(repr(self.to_dict()))
 
 
-class IntegerCodec(Codec):
-    """Fixed point ``(width, frac_width, floor)``: codes are the integers ``round(x * 2^frac_width)``."""
-
-    name = "integer"
-
-    def __init__(self, fmt: IntegerFormat, channel_dim: Optional[int] = None):
-        super().__init__(fmt, channel_dim)
-        self.spec: QSpec = fmt.qspec
-
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
-        v = x.detach().to(torch.float64) * self.spec.scale  # exact: float64 holds every float32 * 2^f
-        quantize_codes_(v, self.spec)
-        return v.to(torch.int64)
-
-    def from_codes(self, codes, params, dtype, shape):
-        return (codes.to(torch.float64) / self.spec.scale).to(dtype).reshape(shape)
-
-
-class ScaledIntegerCodec(Codec):
-    """Symmetric integers times a scale; weights keep ``amax`` per tensor/channel (float32)."""
-
-    name = "scaled_integer"
-    param_names = ("amax",)
-
-    def __init__(self, fmt: ScaledIntegerFormat, channel_dim: Optional[int] = None):
-        super().__init__(fmt, channel_dim)
-
-    def _amax(self, x: torch.Tensor) -> torch.Tensor:
-        a = x.detach().abs()
-        f = self.format
-        if f.per_channel and self.channel_dim is not None and x.dim() > 0:
-            dims = [d for d in range(x.dim()) if d != self.channel_dim % x.dim()]
-            return (a.amax(dim=dims, keepdim=True) if dims else a).contiguous()
-        return (a.max() if a.numel() else a.new_zeros(())).reshape(1)
-
-    def params(self, x):
-        if self.format.fixed_scale is not None:
-            return {}
-        return {"amax": self._amax(x).to(torch.float32)}
-
-    def _scale64(self, params, shape):
-        s = params["amax"].to(torch.float64) / self.format.qmax
-        s = torch.where(s > 0, s, torch.ones_like(s))
-        return s if s.numel() != 1 else s.reshape(())
-
-    def codes(self, x):
-        f = self.format
-        if f.fixed_scale is not None:
-            v = torch.div(x.detach().to(_work_dtype(x)), f.fixed_scale)
-            return v.round_().clamp_(-f.qmax, f.qmax).to(torch.int64)
-        s = self._scale64({"amax": self._amax(x).to(torch.float64)}, tuple(x.shape))
-        v = x.detach().to(torch.float64) / s
-        return v.round_().clamp_(-f.qmax, f.qmax).to(torch.int64)
-
-    def from_codes(self, codes, params, dtype, shape):
-        f = self.format
-        codes = codes.reshape(shape)
-        if f.fixed_scale is not None:
-            work = torch.float64 if dtype == torch.float64 else torch.float32  # as the format's quantize
-            return codes.to(work).mul_(f.fixed_scale).to(dtype)
-        return (codes.to(torch.float64) * self._scale64(params, shape)).to(dtype)
-
-
-def _to_signed(u: torch.Tensor, width: int) -> torch.Tensor:
-    """Unsigned ``width``-bit fields as the signed codes :func:`~.packing.pack_codes` stores (same bits)."""
-    if width == 1:
-        return u  # 1-bit fields are packed unsigned
-    return torch.where(u >= (1 << (width - 1)), u - (1 << width), u)
-
-
-def _check_no_nan(q: torch.Tensor, what: str) -> None:
-    if bool(torch.isnan(q).any()):
-        raise MaseError(f"{what} has no code for NaN; a tensor holding NaN cannot be stored as codes")
-
-
-class MinifloatCodec(Codec):
-    """Minifloat values as their bit patterns ``sign | exponent | mantissa`` (``1 + e + m`` bits)."""
-
-    name = "minifloat"
-
-    def __init__(self, fmt: MinifloatFormat, channel_dim: Optional[int] = None):
-        super().__init__(fmt, channel_dim)
-        f = fmt
-        self.e, self.m, self.bias, self.special = f.e, f.m, f.bias, f.special
-        self.width = 1 + f.e + f.m
-        self.top = (1 << f.e) - 1
-        if f.special == "fn":
-            self.nan_mantissa: Optional[int] = (1 << f.m) - 1
-        elif f.special == "ieee" and f.m >= 1:
-            self.nan_mantissa = 1 << (f.m - 1)
-        else:
-            self.nan_mantissa = None
-
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.quantize(x).detach().to(torch.float64)
-        nan = torch.isnan(q)
-        if self.nan_mantissa is None and bool(nan.any()):
-            _check_no_nan(q, f"minifloat {self.to_dict()}")
-        sign = torch.signbit(q).to(torch.int64)
-        a = q.abs()
-        inf = torch.isinf(a)
-        finite = torch.where(nan | inf, torch.zeros_like(a), a)
-        _, ex = torch.frexp(finite)  # finite = f 2^ex, f in [0.5, 1): floor(log2) = ex - 1
-        exp = (ex.to(torch.int64) - 1).clamp_(min=self.f_emin)
-        normal = finite >= math.ldexp(1.0, self.f_emin)
-        field = torch.where(normal, exp + self.bias, torch.zeros_like(exp))
-        sig = torch.ldexp(finite, (self.m - exp).to(torch.float64)).to(torch.int64)  # exact integer significand
-        mant = torch.where(normal, sig - (1 << self.m), sig)
-        if self.special == "ieee":
-            field = torch.where(inf, torch.full_like(field, self.top), field)
-            mant = torch.where(inf, torch.zeros_like(mant), mant)
-        if self.nan_mantissa is not None:
-            field = torch.where(nan, torch.full_like(field, self.top), field)
-            mant = torch.where(nan, torch.full_like(mant, self.nan_mantissa), mant)
-        u = (sign << (self.e + self.m)) | (field << self.m) | mant
-        return _to_signed(u, self.width)
-
-    @property
-    def f_emin(self) -> int:
-        return 1 - self.bias
-
-    def is_zero(self, codes):
-        return (codes & ((1 << (self.e + self.m)) - 1)) == 0
-
-    def from_codes(self, codes, params, dtype, shape):
-        u = codes.to(torch.int64) & ((1 << self.width) - 1)
-        sign = (u >> (self.e + self.m)) & 1
-        field = (u >> self.m) & self.top
-        mant = u & ((1 << self.m) - 1)
-        sub = field == 0
-        sig = torch.where(sub, mant, mant + (1 << self.m)).to(torch.float64)
-        exp = torch.where(sub, torch.full_like(field, self.f_emin), field - self.bias) - self.m
-        v = torch.ldexp(sig, exp.to(torch.float64))
-        top = field == self.top
-        if self.special == "ieee":
-            v = torch.where(top & (mant == 0), torch.full_like(v, math.inf), v)
-            v = torch.where(top & (mant != 0), torch.full_like(v, math.nan), v)
-        elif self.special == "fn":
-            v = torch.where(top & (mant == self.nan_mantissa), torch.full_like(v, math.nan), v)
-        v = torch.copysign(v, torch.where(sign == 1, -1.0, 1.0).to(torch.float64))
-        return v.to(dtype).reshape(shape)
-
-
-class BlockFPCodec(Codec):
-    """Block floating point: ``sign | k`` per value, the shared exponents bit-packed (``exponents``)."""
-
-    name = "block_fp"
-    param_names = ("exponents",)
-
-    def __init__(self, fmt: BlockFPFormat, channel_dim: Optional[int] = None):
-        super().__init__(fmt, channel_dim)
-        self.m, self.block_size = fmt.m, fmt.block_size
-        self.ew, self.bias = fmt.config.exponent_width, fmt.config.bias
-        self.width = 1 + self.m
-
-    def _exponents(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.format
-        return f._block_exponents(f._blocks(x.detach().to(torch.float64))).to(torch.int64)  # [..., nb, 1]
-
-    def params(self, x):
-        u = self._exponents(x).reshape(-1) + self.bias
-        return {"exponents": packing.pack_codes(_to_signed(u, self.ew), self.ew)}
-
-    def codes(self, x):
-        q = self.quantize(x).detach().to(torch.float64)
-        _check_no_nan(q, f"block_fp {self.to_dict()}")
-        s = self._exponents(x)
-        qb = self.format._blocks(q)
-        k = torch.ldexp(qb.abs(), (self.m - s).to(torch.float64)).to(torch.int64)  # exact, <= 2^m - 1
-        u = (torch.signbit(qb).to(torch.int64) << self.m) | k
-        return _to_signed(u.reshape(-1), self.width).reshape(x.shape)
-
-    def is_zero(self, codes):
-        return (codes & ((1 << self.m) - 1)) == 0
-
-    def from_codes(self, codes, params, dtype, shape):
-        numel = math.prod(shape) if len(shape) else 1
-        nb = numel // self.block_size
-        e = packing.unpack_codes(params["exponents"], self.ew, nb) & ((1 << self.ew) - 1)
-        s = (e - self.bias).reshape(-1, 1)
-        u = (codes.to(torch.int64) & ((1 << self.width) - 1)).reshape(nb, self.block_size)
-        k = (u & ((1 << self.m) - 1)).to(torch.float64)
-        v = torch.ldexp(k, (s - self.m).to(torch.float64).expand_as(k))
-        v = torch.copysign(v, torch.where((u >> self.m) == 1, -1.0, 1.0).to(torch.float64))
-        return v.to(dtype).reshape(shape)
-
-
-class FormatCodec(Codec):
-    """The codec of a format that stores its own codes (``NumberFormat.to_codes`` / ``code_params`` /
-    ``from_codes``, e.g. ``dynamic_int8``): a new format needs nothing here."""
-
-    def __init__(self, fmt: NumberFormat, channel_dim: Optional[int] = None):
-        super().__init__(fmt, channel_dim)
-        self.name = fmt.name
-        self.param_names = tuple(fmt.code_param_names)
-
-    def codes(self, x):
-        return self.format.to_codes(x.detach(), self.channel_dim)
-
-    def params(self, x):
-        return self.format.code_params(x.detach(), self.channel_dim)
-
-    def from_codes(self, codes, params, dtype, shape):
-        return self.format.from_codes(codes, dict(params), dtype, tuple(shape), self.channel_dim)
-
-
-_CODECS = {IntegerFormat: IntegerCodec, ScaledIntegerFormat: ScaledIntegerCodec, MinifloatFormat: MinifloatCodec,
-           BlockFPFormat: BlockFPCodec}
-
-
 def codec_for(spec: Any, channel_dim: Optional[int]) -> "Codec | NumberFormat | None":
-    """The codec of a node's format spec (None: float); a NumberFormat without a codec is returned as is."""
+    """The codec of a node's format spec (None: float); a NumberFormat without integer codes is returned as is."""
     fmt = format_from_spec(spec)
     if fmt is None:
         return None
-    cls = _codec_class(fmt)
-    return fmt if cls is None else cls(fmt, channel_dim)
-
-
-def _codec_class(fmt: NumberFormat) -> Optional[type]:
-    """The built-in codec of a format, else :class:`FormatCodec` if the format stores its own codes."""
-    cls = _CODECS.get(type(fmt))
-    return FormatCodec if cls is None and type(fmt).has_codes() else cls
+    return Codec(fmt, channel_dim) if type(fmt).has_codes() else fmt
 
 
 def codec_from_dict(d: Mapping[str, Any], path: str = "format") -> Codec:
@@ -333,14 +100,13 @@ def codec_from_dict(d: Mapping[str, Any], path: str = "format") -> Codec:
         fmt = format_from_dict(d, path)
     except MaseError as exc:
         raise MaseError(f"{path}: cannot decode this format: {exc}") from None
-    cls = _codec_class(fmt)
-    if cls is None:
+    if not type(fmt).has_codes():
         from ..formats import format_names, get_format
 
-        decodable = [n for n in format_names() if get_format(n) in _CODECS or get_format(n).has_codes()]
+        decodable = [n for n in format_names() if get_format(n).has_codes()]
         raise MaseError(f"{path}.name = {d.get('name')!r} has no integer-code decoder; decodable: "
                         f"{', '.join(map(repr, decodable))}")
-    return cls(fmt, channel_dim)
+    return Codec(fmt, channel_dim)
 
 
 class TensorRole:

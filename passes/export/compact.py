@@ -26,7 +26,7 @@ import logging
 import math
 import struct
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors.torch import save_file
@@ -137,6 +137,47 @@ def _sha(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
+def _masked_parts(name: str, flat: torch.Tensor, numel: int, mask: torch.Tensor, codec: "Codec | None", bits: int,
+                  values: Callable[[torch.Tensor], torch.Tensor],
+                  entry: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor]]:
+    """The cheapest encoding of a pruned tensor (``flat``: its values or codes) and its arrays.
+
+    Sets ``entry``'s ``kept`` and ``nonzero``.
+    """
+    keep = mask.detach().cpu().reshape(-1).to(torch.bool)
+    if keep.numel() != numel:
+        raise MaseError(f"{name}: mask has {keep.numel()} elements, tensor {numel}")
+    kept = int(keep.sum())
+    nz = (~codec.is_zero(flat) if codec is not None else flat != 0) & keep  # zero values, as cost counts them
+    nonzero = int(nz.sum())
+    encoding, _ = choose_masked_encoding(numel, kept, nonzero, bits)
+    masked = torch.where(keep, flat, torch.zeros_like(flat))
+    if encoding == "dense":
+        parts = {"values": values(masked)}
+    elif encoding == "dense_mask":
+        parts = {"values": values(masked), "mask": packing.pack_mask(keep)}
+    elif encoding == "mask_kept":
+        parts = {"mask": packing.pack_mask(keep), "kept": values(flat[keep])}
+    else:  # mask_nonzero
+        parts = {"mask": packing.pack_mask(keep), "nonzero_bits": packing.pack_mask(nz[keep]),
+                 "nonzero": values(flat[nz])}
+    entry.update(kept=kept, nonzero=nonzero)
+    return encoding, parts
+
+
+def _add_arrays(name: str, parts: Mapping[str, torch.Tensor], arrays: dict[str, torch.Tensor],
+                entry: dict[str, Any]) -> None:
+    """Add tensor ``name``'s ``parts`` to ``arrays`` and record their keys, sizes and hashes in ``entry``."""
+    nbytes = 0
+    for part, arr in parts.items():
+        key = f"{name}/{part}"
+        arrays[key] = arr.contiguous()
+        size = arr.numel() * arr.element_size()
+        nbytes += size
+        entry["arrays"][part] = {"key": key, "nbytes": size, "sha256": _sha(arr)}
+    entry["bytes"] = nbytes
+
+
 def _encode_tensor(name: str, t: torch.Tensor, codec: "Codec | NumberFormat | None", mask: torch.Tensor | None,
                    arrays: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Add the arrays of tensor ``name`` to ``arrays``; return its manifest entry."""
@@ -173,52 +214,17 @@ def _encode_tensor(name: str, t: torch.Tensor, codec: "Codec | NumberFormat | No
         entry["nonzero"] = int((~codec.is_zero(flat)).sum()) if codec is not None else int((flat != 0).sum())
         entry["kept"] = numel
     else:
-        keep = mask.detach().cpu().reshape(-1).to(torch.bool)
-        if keep.numel() != numel:
-            raise MaseError(f"{name}: mask has {keep.numel()} elements, tensor {numel}")
-        kept = int(keep.sum())
-        nz = (~codec.is_zero(flat) if codec is not None else flat != 0) & keep  # zero values, as cost counts them
-        nonzero = int(nz.sum())
-        encoding, _ = choose_masked_encoding(numel, kept, nonzero, bits)
-        masked = torch.where(keep, flat, torch.zeros_like(flat))
-        if encoding == "dense":
-            parts = {"values": values(masked)}
-        elif encoding == "dense_mask":
-            parts = {"values": values(masked), "mask": packing.pack_mask(keep)}
-        elif encoding == "mask_kept":
-            parts = {"mask": packing.pack_mask(keep), "kept": values(flat[keep])}
-        else:  # mask_nonzero
-            parts = {"mask": packing.pack_mask(keep), "nonzero_bits": packing.pack_mask(nz[keep]),
-                     "nonzero": values(flat[nz])}
-        entry.update(kept=kept, nonzero=nonzero)
+        encoding, parts = _masked_parts(name, flat, numel, mask, codec, bits, values, entry)
     entry["encoding"] = encoding
     entry["bits"] = bits
     parts.update({p: v.contiguous() for p, v in params.items()})
-    nbytes = 0
-    for part, arr in parts.items():
-        key = f"{name}/{part}"
-        arrays[key] = arr.contiguous()
-        size = arr.numel() * arr.element_size()
-        nbytes += size
-        entry["arrays"][part] = {"key": key, "nbytes": size, "sha256": _sha(arr)}
-    entry["bytes"] = nbytes
+    _add_arrays(name, parts, arrays, entry)
     return entry
 
 
-def export_compact(graph: MaseGraph, out_dir: str | Path) -> dict[str, Any]:
-    """Write ``graph`` as a compact export into ``out_dir`` (see the module doc); returns the report.
-
-    The report has per tensor the measured bytes and the ``cost`` pass's prediction
-    (``size_bytes_compressed``), totals per group (``embedding``, ``non_embedding``; integer buffers
-    the cost pass does not count are ``uncounted``), the file sizes and ``compressed`` (whether any
-    tensor is quantised or pruned).
-    """
-    from ..pipeline import run_pass
-
-    model = model_record(graph)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MaseError(f"export target {out} exists and is not a directory")
+def _encode_state(graph: MaseGraph) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The arrays and the manifest entries of every tensor of ``graph`` (masks go with the tensor they prune;
+    a tensor stored under several names is written once, the other names listed as its ``aliases``)."""
     roles = tensor_roles(graph)
     state = graph.gm.state_dict(keep_vars=True)
     by_id: dict[int, str] = {}
@@ -247,6 +253,24 @@ def export_compact(graph: MaseGraph, out_dir: str | Path) -> dict[str, Any]:
     for name, al in aliases.items():
         if name in tensors:
             tensors[name]["aliases"] = al
+    return arrays, tensors
+
+
+def export_compact(graph: MaseGraph, out_dir: str | Path) -> dict[str, Any]:
+    """Write ``graph`` as a compact export into ``out_dir`` (see the module doc); returns the report.
+
+    The report has per tensor the measured bytes and the ``cost`` pass's prediction
+    (``size_bytes_compressed``), totals per group (``embedding``, ``non_embedding``; integer buffers
+    the cost pass does not count are ``uncounted``), the file sizes and ``compressed`` (whether any
+    tensor is quantised or pruned).
+    """
+    from ..pipeline import run_pass
+
+    model = model_record(graph)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MaseError(f"export target {out} exists and is not a directory")
+    arrays, tensors = _encode_state(graph)
     compressed = any(e["format"] is not None or "mask_name" in e for e in tensors.values())
     manifest = {
         "kind": KIND,

@@ -313,73 +313,73 @@ class _Builder:
                 self.const(node, torch.zeros((), dtype=zdt))]
 
 
-def _rewrite(graph: MaseGraph) -> fx.GraphModule:
-    import copy
+def _rewrite_input(gm: fx.GraphModule, b: _Builder, node: fx.Node, kw: dict[str, Any]) -> None:
+    """``quantize_prune_input`` -> :func:`onnx_input_path`."""
+    din = _int_format(kw.get("data_in"), node.name)
+    users = [u for u in node.users if u.target is compressed_linear]
+    d = int(operator_get(gm, users[0].args[1]).shape[1]) if users else 0
+    pruned = _check_prune(kw.get("act_prune"), din, d, node.name)
+    s, z, lo, hi = b.qparams(node, din)
+    node.target = onnx_input_path
+    node.args = (node.args[0], s, z, lo, hi)
+    node.kwargs = {"pruned": pruned, "frac_width": din.frac_width if din else 0}
 
-    gm = copy.deepcopy(graph.gm)
-    b = _Builder(gm)
-    g = gm.graph
-    for node in list(g.nodes):
-        if node.op != "call_function":
-            continue
-        kw = dict(node.kwargs)
-        if node.target is quantize_prune_input:
-            din = _int_format(kw.get("data_in"), node.name)
-            users = [u for u in node.users if u.target is compressed_linear]
-            d = int(operator_get(gm, users[0].args[1]).shape[1]) if users else 0
-            pruned = _check_prune(kw.get("act_prune"), din, d, node.name)
-            s, z, lo, hi = b.qparams(node, din)
-            node.target = onnx_input_path
-            node.args = (node.args[0], s, z, lo, hi)
-            node.kwargs = {"pruned": pruned, "frac_width": din.frac_width if din else 0}
-        elif node.target is compressed_linear:
-            x, w, bias = node.args[0], node.args[1], node.args[2] if len(node.args) > 2 else None
-            mask_node = linear_mask_node(node)
-            wt = operator_get(gm, w)
-            mask = operator_get(gm, mask_node) if mask_node is not None else None
-            din = _int_format(kw.get("data_in"), node.name)
-            qw = _int_format(kw.get("weight_q"), node.name)
-            qb = _int_format(kw.get("bias_q"), node.name)
-            qo = _int_format(kw.get("data_out"), node.name)
-            pruned = _check_prune(kw.get("act_prune"), din, int(wt.shape[1]), node.name)
-            wc, ws, wz = b.codes(node, wt, qw, mask, transpose=True)
-            if bias is not None:
-                bc, bs, bz = b.codes(node, operator_get(gm, bias), qb, None, transpose=False)
-            else:
-                bc = bs = bz = None
-            prepared = bool(kw.get("prepared_input"))
-            i_s, i_z, i_lo, i_hi = b.qparams(node, None if prepared else din)
-            o_s, o_z, o_lo, o_hi = b.qparams(node, qo)
-            node.target = onnx_linear
-            node.args = (x, wc, ws, wz, bc, bs, bz, i_s, i_z, i_lo, i_hi, o_s, o_z, o_lo, o_hi)
-            node.kwargs = {"pruned": None if prepared else pruned, "frac_width": din.frac_width if din else 0,
-                           "prepared": prepared}
-        elif node.target is compressed_embedding:
-            weight, indices = node.args[0], node.args[1]
-            qw = _int_format(kw.get("weight_q"), node.name)
-            qo = _int_format(kw.get("data_out"), node.name)
-            wc, ws, wz = b.codes(node, operator_get(gm, weight), qw, None, transpose=False)
-            o_s, o_z, o_lo, o_hi = b.qparams(node, qo)
-            node.target = onnx_embedding
-            node.args = (wc, indices, ws, wz, o_s, o_z, o_lo, o_hi)
-            node.kwargs = {}
-        elif node.target is compressed_sdpa:
-            names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
-            vals = dict(zip(names, node.args))
-            qi = _int_format(kw.pop("data_in", None), node.name)
-            qo = _int_format(kw.pop("data_out", None), node.name)
-            kw.pop("ste", None)
-            i = b.qparams(node, qi)
-            o = b.qparams(node, qo)
-            node.target = onnx_sdpa
-            node.args = (vals["query"], vals["key"], vals["value"], vals.get("attn_mask"), *i, *o)
-            node.kwargs = {"is_causal": bool(vals.get("is_causal", False)),
-                           **{k: v for k, v in kw.items() if k in ("scale", "enable_gqa")}}
-    g.eliminate_dead_code()
-    g.lint()
-    gm.recompile()
-    # drop the float weights no node reads any more (they would be exported as initializers)
-    used = {n.target for n in g.nodes if n.op == "get_attr"}
+
+def _rewrite_linear(gm: fx.GraphModule, b: _Builder, node: fx.Node, kw: dict[str, Any]) -> None:
+    """``compressed_linear`` -> :func:`onnx_linear`, the weight and bias stored as integer codes."""
+    x, w, bias = node.args[0], node.args[1], node.args[2] if len(node.args) > 2 else None
+    mask_node = linear_mask_node(node)
+    wt = operator_get(gm, w)
+    mask = operator_get(gm, mask_node) if mask_node is not None else None
+    din = _int_format(kw.get("data_in"), node.name)
+    qw = _int_format(kw.get("weight_q"), node.name)
+    qb = _int_format(kw.get("bias_q"), node.name)
+    qo = _int_format(kw.get("data_out"), node.name)
+    pruned = _check_prune(kw.get("act_prune"), din, int(wt.shape[1]), node.name)
+    wc, ws, wz = b.codes(node, wt, qw, mask, transpose=True)
+    if bias is not None:
+        bc, bs, bz = b.codes(node, operator_get(gm, bias), qb, None, transpose=False)
+    else:
+        bc = bs = bz = None
+    prepared = bool(kw.get("prepared_input"))
+    i_s, i_z, i_lo, i_hi = b.qparams(node, None if prepared else din)
+    o_s, o_z, o_lo, o_hi = b.qparams(node, qo)
+    node.target = onnx_linear
+    node.args = (x, wc, ws, wz, bc, bs, bz, i_s, i_z, i_lo, i_hi, o_s, o_z, o_lo, o_hi)
+    node.kwargs = {"pruned": None if prepared else pruned, "frac_width": din.frac_width if din else 0,
+                   "prepared": prepared}
+
+
+def _rewrite_embedding(gm: fx.GraphModule, b: _Builder, node: fx.Node, kw: dict[str, Any]) -> None:
+    """``compressed_embedding`` -> :func:`onnx_embedding`."""
+    weight, indices = node.args[0], node.args[1]
+    qw = _int_format(kw.get("weight_q"), node.name)
+    qo = _int_format(kw.get("data_out"), node.name)
+    wc, ws, wz = b.codes(node, operator_get(gm, weight), qw, None, transpose=False)
+    o_s, o_z, o_lo, o_hi = b.qparams(node, qo)
+    node.target = onnx_embedding
+    node.args = (wc, indices, ws, wz, o_s, o_z, o_lo, o_hi)
+    node.kwargs = {}
+
+
+def _rewrite_sdpa(b: _Builder, node: fx.Node, kw: dict[str, Any]) -> None:
+    """``compressed_sdpa`` -> :func:`onnx_sdpa`."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
+    vals = dict(zip(names, node.args))
+    qi = _int_format(kw.pop("data_in", None), node.name)
+    qo = _int_format(kw.pop("data_out", None), node.name)
+    kw.pop("ste", None)
+    i = b.qparams(node, qi)
+    o = b.qparams(node, qo)
+    node.target = onnx_sdpa
+    node.args = (vals["query"], vals["key"], vals["value"], vals.get("attn_mask"), *i, *o)
+    node.kwargs = {"is_causal": bool(vals.get("is_causal", False)),
+                   **{k: v for k, v in kw.items() if k in ("scale", "enable_gqa")}}
+
+
+def _drop_unread_weights(gm: fx.GraphModule) -> None:
+    """Drop the float weights no node reads any more (they would be exported as initializers)."""
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     for name, _ in list(gm.named_parameters()):
         if name not in used:
             owner, _, leaf = name.rpartition(".")
@@ -391,6 +391,30 @@ def _rewrite(graph: MaseGraph) -> fx.GraphModule:
             mod = gm.get_submodule(owner) if owner else gm
             if leaf in mod._buffers:
                 del mod._buffers[leaf]
+
+
+def _rewrite(graph: MaseGraph) -> fx.GraphModule:
+    import copy
+
+    gm = copy.deepcopy(graph.gm)
+    b = _Builder(gm)
+    g = gm.graph
+    for node in list(g.nodes):
+        if node.op != "call_function":
+            continue
+        kw = dict(node.kwargs)
+        if node.target is quantize_prune_input:
+            _rewrite_input(gm, b, node, kw)
+        elif node.target is compressed_linear:
+            _rewrite_linear(gm, b, node, kw)
+        elif node.target is compressed_embedding:
+            _rewrite_embedding(gm, b, node, kw)
+        elif node.target is compressed_sdpa:
+            _rewrite_sdpa(b, node, kw)
+    g.eliminate_dead_code()
+    g.lint()
+    gm.recompile()
+    _drop_unread_weights(gm)
     return gm
 
 

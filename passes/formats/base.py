@@ -12,7 +12,9 @@ A format is two classes in one file ``passes/formats/<name>.py``:
 Registering (``@register_format(MyConfig)`` on the format class) and importing the module from
 ``passes/formats/__init__.py`` is all it takes: the ``quantize`` pass, ``cost``, the weight cache,
 the activation path, saved graphs and reports find formats through :func:`get_format`,
-:func:`format_names` and :func:`format_from_dict`.
+:func:`format_names` and :func:`format_from_dict`. A format that also implements the integer-code
+methods (:meth:`NumberFormat.to_codes`, ``code_params``, ``from_codes``, ``code_is_zero``) is written
+by the compact export as bit-packed codes and read back bit for bit, with no other file to change.
 
 Data-dependent parameters: a config may leave a parameter to be chosen from data (e.g. integer's
 ``frac_width = "auto"``, scaled_integer's activation ``scale``). :meth:`FormatConfig.resolve` turns
@@ -36,7 +38,7 @@ import torch
 from torch import Tensor
 
 from mase_lite.config import Config, _suggest
-from mase_lite.errors import ConfigError
+from mase_lite.errors import ConfigError, MaseError
 from mase_lite.registry import Registry
 
 __all__ = [
@@ -52,6 +54,8 @@ __all__ = [
     "format_from_dict",
     "format_from_spec",
     "check_ste",
+    "signed_codes",
+    "check_no_nan",
 ]
 
 #: The tensor roles a format can be given for.
@@ -65,6 +69,20 @@ def check_ste(ste: object, path: str = "ste") -> str:
     if ste not in STE_MODES:
         raise ConfigError(f"{path} = {ste!r} is not valid; choose one of: {', '.join(map(repr, STE_MODES))}")
     return ste  # type: ignore[return-value]
+
+
+def signed_codes(u: Tensor, width: int) -> Tensor:
+    """Unsigned ``width``-bit fields (e.g. ``sign | exponent | mantissa``) as the signed codes the
+    compact export bit-packs (the same ``width`` bits in two's complement; 1-bit fields stay unsigned)."""
+    if width == 1:
+        return u
+    return torch.where(u >= (1 << (width - 1)), u - (1 << width), u)
+
+
+def check_no_nan(q: Tensor, what: str) -> None:
+    """A MaseError unless ``q`` is free of NaN (for formats without a NaN code; ``what`` names the format)."""
+    if bool(torch.isnan(q).any()):
+        raise MaseError(f"{what} has no code for NaN; a tensor holding NaN cannot be stored as codes")
 
 
 @dataclasses.dataclass
@@ -192,21 +210,28 @@ class NumberFormat(ABC):
         return None
 
     # ---------------------------------------------------------------- integer codes (compact export)
-    # A format stores a tensor as int64 codes plus the arrays of :attr:`code_param_names` and decodes
-    # them back to exactly ``quantize(x)``. Formats without these methods are decoded by the codecs of
-    # :mod:`passes.export.codecs` (the built-in ones) or cannot be stored as codes.
+    # A format stores a tensor as int64 codes (:meth:`bits_per_value` bits each, as two's-complement
+    # bit fields: see :func:`signed_codes`) plus the arrays of :attr:`code_param_names`, and decodes
+    # them back to exactly ``quantize(x)``. The compact export (:mod:`passes.export.codecs`) knows no
+    # format by name: it calls these methods. A format without them is stored in its own dtype.
     def to_codes(self, x: Tensor, channel_dim: Optional[int]) -> Tensor:
         """The integer codes of ``x`` (int64, ``x``'s shape)."""
         raise NotImplementedError(f"the {self.name!r} format has no integer codes")
 
     def code_params(self, x: Tensor, channel_dim: Optional[int]) -> dict[str, Tensor]:
-        """The arrays the codes of ``x`` need to be decoded (e.g. scales)."""
+        """The arrays the codes of ``x`` need to be decoded (e.g. scales), named as :attr:`code_param_names`."""
         return {}
 
     def from_codes(self, codes: Tensor, params: dict[str, Tensor], dtype: torch.dtype, shape: tuple[int, ...],
                    channel_dim: Optional[int]) -> Tensor:
-        """``quantize(x)`` back from :meth:`to_codes` and :meth:`code_params`."""
+        """``quantize(x)`` back from :meth:`to_codes` (any shape of ``shape``'s size) and :meth:`code_params`."""
         raise NotImplementedError(f"the {self.name!r} format has no integer codes")
+
+    def code_is_zero(self, codes: Tensor) -> Tensor:
+        """Where the codes decode to a zero value, ``+0.0`` or ``-0.0`` (the masked encodings store no
+        codes for zeros; a pruned position is stored as code 0, which must decode to ``+0.0``).
+        Default: code 0 (formats whose ``-0.0`` has its own code override this)."""
+        return codes == 0
 
     @classmethod
     def has_codes(cls) -> bool:

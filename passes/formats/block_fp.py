@@ -67,7 +67,7 @@ from torch import Tensor
 from mase_lite.config import check_range
 from mase_lite.errors import ConfigError
 
-from .base import FormatConfig, NumberFormat, register_format
+from .base import FormatConfig, NumberFormat, check_no_nan, register_format, signed_codes
 
 __all__ = ["BlockFPConfig", "BlockFPFormat"]
 
@@ -232,3 +232,48 @@ class BlockFPFormat(NumberFormat):
         """``exponent_width`` bits per block of ``block_size`` values."""
         n = math.prod(shape) if len(shape) else 1
         return self.config.exponent_width * (n // self.block_size)
+
+    # ------------------------------------------------------------------ integer codes (compact export)
+    # Per value sign | k (1 + m bits, sign-magnitude laid out as two's-complement bits: +0 is code 0);
+    # per block the shared exponent s as the unsigned exponent_width-bit code s + bias, bit-packed into
+    # one uint8 array ``exponents`` of ceil(n_blocks * exponent_width / 8) bytes (overhead_bits rounded
+    # up, as the cost pass counts it: codes and exponents are rounded up to whole bytes separately).
+    # NaN cannot be stored (MaseError).
+    code_param_names = ("exponents",)
+
+    def _code_exponents(self, x: Tensor) -> Tensor:
+        return self._block_exponents(self._blocks(x.detach().to(torch.float64))).to(torch.int64)  # [..., nb, 1]
+
+    def code_params(self, x: Tensor, channel_dim: Optional[int]) -> dict[str, Tensor]:
+        from ..export import packing  # the export's bit packing (imported late: passes.export imports formats)
+
+        ew = self.config.exponent_width
+        u = self._code_exponents(x).reshape(-1) + self.config.bias
+        return {"exponents": packing.pack_codes(signed_codes(u, ew), ew)}
+
+    def to_codes(self, x: Tensor, channel_dim: Optional[int]) -> Tensor:
+        q = self.quantize(x, channel_dim=channel_dim).detach().to(torch.float64)
+        check_no_nan(q, f"block_fp {self.to_dict()}")
+        s = self._code_exponents(x)
+        qb = self._blocks(q)
+        k = torch.ldexp(qb.abs(), (self.m - s).to(torch.float64)).to(torch.int64)  # exact, <= 2^m - 1
+        u = (torch.signbit(qb).to(torch.int64) << self.m) | k
+        return signed_codes(u.reshape(-1), 1 + self.m).reshape(x.shape)
+
+    def code_is_zero(self, codes: Tensor) -> Tensor:
+        return (codes & ((1 << self.m) - 1)) == 0
+
+    def from_codes(self, codes: Tensor, params: dict[str, Tensor], dtype: torch.dtype, shape: tuple[int, ...],
+                   channel_dim: Optional[int]) -> Tensor:
+        from ..export import packing
+
+        ew, m = self.config.exponent_width, self.m
+        numel = math.prod(shape) if len(shape) else 1
+        nb = numel // self.block_size
+        e = packing.unpack_codes(params["exponents"], ew, nb) & ((1 << ew) - 1)
+        s = (e - self.config.bias).reshape(-1, 1)
+        u = (codes.to(torch.int64) & ((1 << (1 + m)) - 1)).reshape(nb, self.block_size)
+        k = (u & ((1 << m) - 1)).to(torch.float64)
+        v = torch.ldexp(k, (s - m).to(torch.float64).expand_as(k))
+        v = torch.copysign(v, torch.where((u >> m) == 1, -1.0, 1.0).to(torch.float64))
+        return v.to(dtype).reshape(shape)

@@ -273,6 +273,17 @@ class IntegerFormat(NumberFormat):
     def bits_per_value(self) -> int:
         return self.qspec.width
 
+    # integer codes (compact export): k = clamp(round(x 2^f), -2^(w-1), 2^(w-1)-1) (floor when the
+    # format says so), value k / 2^f; no arrays (the fraction bits are in the manifest)
+    def to_codes(self, x: Tensor, channel_dim: Optional[int]) -> Tensor:
+        v = x.detach().to(torch.float64) * self.qspec.scale  # exact: float64 holds every float32 * 2^f
+        quantize_codes_(v, self.qspec)
+        return v.to(torch.int64)
+
+    def from_codes(self, codes: Tensor, params: dict[str, Tensor], dtype: torch.dtype, shape: tuple[int, ...],
+                   channel_dim: Optional[int]) -> Tensor:
+        return (codes.to(torch.float64) / self.qspec.scale).to(dtype).reshape(shape)
+
     def spec(self) -> tuple:
         """``(width, frac_width, floor)``, as graph nodes have always stored integer formats."""
         return tuple(self.qspec)

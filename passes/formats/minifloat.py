@@ -66,7 +66,7 @@ from torch import Tensor
 from mase_lite.config import check_choice, check_range
 from mase_lite.errors import ConfigError
 
-from .base import FormatConfig, NumberFormat, register_format
+from .base import FormatConfig, NumberFormat, check_no_nan, register_format, signed_codes
 
 __all__ = ["PRESETS", "SPECIALS", "MinifloatConfig", "MinifloatFormat"]
 
@@ -297,3 +297,65 @@ class MinifloatFormat(NumberFormat):
     # ------------------------------------------------------------------ storage
     def bits_per_value(self) -> int:
         return 1 + self.e + self.m
+
+    # ------------------------------------------------------------------ integer codes (compact export)
+    # The code of a quantised value is its bit pattern sign | exponent | mantissa (1 + e + m bits,
+    # stored as that many two's-complement bits, so the sign bit is the code's sign: +0.0 is code 0,
+    # -0.0 is -2^(e+m)). Subnormals have exponent field 0; the top exponent field follows ``special``
+    # ("ieee": M = 0 is inf, NaN is M = 2^(m-1); "fn": all-ones M is NaN; "none": normal numbers).
+    # Decoding gives quantize(x) bit for bit (a NaN comes back as the format's NaN code with its sign);
+    # no arrays. A NaN in a format without a NaN code ("none", or "ieee" with m = 0) is a MaseError.
+    def _nan_mantissa(self) -> Optional[int]:
+        if self.special == "fn":
+            return (1 << self.m) - 1
+        if self.special == "ieee" and self.m >= 1:
+            return 1 << (self.m - 1)
+        return None
+
+    def to_codes(self, x: Tensor, channel_dim: Optional[int]) -> Tensor:
+        e, m, top, nan_mantissa = self.e, self.m, (1 << self.e) - 1, self._nan_mantissa()
+        q = self.quantize(x, channel_dim=channel_dim).detach().to(torch.float64)
+        nan = torch.isnan(q)
+        if nan_mantissa is None and bool(nan.any()):
+            check_no_nan(q, f"minifloat {self.to_dict()}")
+        sign = torch.signbit(q).to(torch.int64)
+        a = q.abs()
+        inf = torch.isinf(a)
+        finite = torch.where(nan | inf, torch.zeros_like(a), a)
+        _, ex = torch.frexp(finite)  # finite = f 2^ex, f in [0.5, 1): floor(log2) = ex - 1
+        exp = (ex.to(torch.int64) - 1).clamp_(min=self.emin)
+        normal = finite >= math.ldexp(1.0, self.emin)
+        field = torch.where(normal, exp + self.bias, torch.zeros_like(exp))
+        sig = torch.ldexp(finite, (m - exp).to(torch.float64)).to(torch.int64)  # exact integer significand
+        mant = torch.where(normal, sig - (1 << m), sig)
+        if self.special == "ieee":
+            field = torch.where(inf, torch.full_like(field, top), field)
+            mant = torch.where(inf, torch.zeros_like(mant), mant)
+        if nan_mantissa is not None:
+            field = torch.where(nan, torch.full_like(field, top), field)
+            mant = torch.where(nan, torch.full_like(mant, nan_mantissa), mant)
+        u = (sign << (e + m)) | (field << m) | mant
+        return signed_codes(u, 1 + e + m)
+
+    def code_is_zero(self, codes: Tensor) -> Tensor:
+        return (codes & ((1 << (self.e + self.m)) - 1)) == 0
+
+    def from_codes(self, codes: Tensor, params: dict[str, Tensor], dtype: torch.dtype, shape: tuple[int, ...],
+                   channel_dim: Optional[int]) -> Tensor:
+        e, m, top = self.e, self.m, (1 << self.e) - 1
+        u = codes.to(torch.int64) & ((1 << (1 + e + m)) - 1)
+        sign = (u >> (e + m)) & 1
+        field = (u >> m) & top
+        mant = u & ((1 << m) - 1)
+        sub = field == 0
+        sig = torch.where(sub, mant, mant + (1 << m)).to(torch.float64)
+        exp = torch.where(sub, torch.full_like(field, self.emin), field - self.bias) - m
+        v = torch.ldexp(sig, exp.to(torch.float64))
+        at_top = field == top
+        if self.special == "ieee":
+            v = torch.where(at_top & (mant == 0), torch.full_like(v, math.inf), v)
+            v = torch.where(at_top & (mant != 0), torch.full_like(v, math.nan), v)
+        elif self.special == "fn":
+            v = torch.where(at_top & (mant == self._nan_mantissa()), torch.full_like(v, math.nan), v)
+        v = torch.copysign(v, torch.where(sign == 1, -1.0, 1.0).to(torch.float64))
+        return v.to(dtype).reshape(shape)

@@ -177,3 +177,42 @@ class ScaledIntegerFormat(NumberFormat):
         if self.per_channel and channel_dim is not None and len(shape) > 0:
             return SCALE_BITS * int(shape[channel_dim])
         return SCALE_BITS
+
+    # ------------------------------------------------------------------ integer codes (compact export)
+    # code k = clamp(round(x / s), -qmax, qmax), value k s. Without a fixed scale the tensor's (or each
+    # channel's) amax is stored as one float32 each (array ``amax``; float32-exact, so s is recomputed
+    # exactly; its size is overhead_bits); a fixed ``scale`` is in the manifest.
+    code_param_names = ("amax",)
+
+    def _code_amax(self, x: Tensor, channel_dim: Optional[int]) -> Tensor:
+        a = x.detach().abs()
+        if self.per_channel and channel_dim is not None and x.dim() > 0:
+            dims = [d for d in range(x.dim()) if d != channel_dim % x.dim()]
+            return (a.amax(dim=dims, keepdim=True) if dims else a).contiguous()
+        return (a.max() if a.numel() else a.new_zeros(())).reshape(1)
+
+    def _code_scale(self, amax: Tensor) -> Tensor:
+        s = amax.to(torch.float64) / self.qmax
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        return s if s.numel() != 1 else s.reshape(())
+
+    def code_params(self, x: Tensor, channel_dim: Optional[int]) -> dict[str, Tensor]:
+        if self.fixed_scale is not None:
+            return {}
+        return {"amax": self._code_amax(x, channel_dim).to(torch.float32)}
+
+    def to_codes(self, x: Tensor, channel_dim: Optional[int]) -> Tensor:
+        if self.fixed_scale is not None:
+            v = torch.div(x.detach().to(_work_dtype(x)), self.fixed_scale)
+            return v.round_().clamp_(-self.qmax, self.qmax).to(torch.int64)
+        s = self._code_scale(self._code_amax(x, channel_dim))
+        v = x.detach().to(torch.float64) / s
+        return v.round_().clamp_(-self.qmax, self.qmax).to(torch.int64)
+
+    def from_codes(self, codes: Tensor, params: dict[str, Tensor], dtype: torch.dtype, shape: tuple[int, ...],
+                   channel_dim: Optional[int]) -> Tensor:
+        codes = codes.reshape(shape)
+        if self.fixed_scale is not None:
+            work = torch.float64 if dtype == torch.float64 else torch.float32  # as quantize
+            return codes.to(work).mul_(self.fixed_scale).to(dtype)
+        return (codes.to(torch.float64) * self._code_scale(params["amax"])).to(dtype)

@@ -67,12 +67,9 @@ def _square(graph: MaseGraph, node: fx.Node) -> bool:
     return i == o
 
 
-@register_pass("replace_linear_with_identity", IdentityConfig, kind="transform",
-               example={"all_square": True})
-def replace_linear_with_identity(graph: MaseGraph, config: IdentityConfig) -> tuple[MaseGraph, dict[str, Any]]:
-    """Replace the chosen square linear nodes by identities (y = x) and drop their parameters."""
-    nodes = linear_nodes(graph)
-    chosen: dict[fx.Node, str] = {}  # node -> the selector that chose it (for errors)
+def _chosen_nodes(graph: MaseGraph, nodes: list[fx.Node], config: IdentityConfig) -> dict[fx.Node, str]:
+    """The linear nodes the config selects, each with the selector that chose it (for errors)."""
+    chosen: dict[fx.Node, str] = {}
     selectors: list[tuple[str, str, bool]] = []
     for i, path in enumerate(config.module_paths or []):
         selectors.append((f"replace_linear_with_identity.module_paths[{i}]", path, False))
@@ -104,19 +101,13 @@ def replace_linear_with_identity(graph: MaseGraph, config: IdentityConfig) -> tu
             raise ConfigError("replace_linear_with_identity.all_square = true but the graph has no square linear node")
         for n in square:
             chosen.setdefault(n, "all_square")
+    return chosen
 
-    replaced = []
+
+def _drop_unread(graph: MaseGraph, param_nodes: list[fx.Node]) -> int:
+    """Erase the get_attr nodes in ``param_nodes`` nothing reads and the parameters/buffers no node reads any
+    more; returns the number of parameter elements removed."""
     g = graph.fx_graph
-    param_nodes: list[fx.Node] = []
-    for n in [m for m in nodes if m in chosen]:
-        i, o = linear_features(graph, n)
-        replaced.append({"node": n.name, "module": module_path(graph, n), "features": i})
-        param_nodes += [a for a in (n.args[1], n.args[2] if len(n.args) > 2 else None, linear_mask_node(n),
-                                    n.kwargs.get("act_calls")) if isinstance(a, fx.Node)]
-        n.replace_all_uses_with(compressed_input_node(n))
-        g.erase_node(n)
-    refresh_shared_inputs(graph)
-    # drop parameters/buffers nothing reads any more
     removed = 0
     still_read = {n.target for n in g.nodes if n.op == "get_attr" and n.users}
     for pn in dict.fromkeys(param_nodes):
@@ -133,5 +124,26 @@ def replace_linear_with_identity(graph: MaseGraph, config: IdentityConfig) -> tu
         if t is not None:
             removed += t.numel() if name in owner._parameters else 0
             delattr(owner, name)
+    return removed
+
+
+@register_pass("replace_linear_with_identity", IdentityConfig, kind="transform",
+               example={"all_square": True})
+def replace_linear_with_identity(graph: MaseGraph, config: IdentityConfig) -> tuple[MaseGraph, dict[str, Any]]:
+    """Replace the chosen square linear nodes by identities (y = x) and drop their parameters."""
+    nodes = linear_nodes(graph)
+    chosen = _chosen_nodes(graph, nodes, config)
+    replaced = []
+    g = graph.fx_graph
+    param_nodes: list[fx.Node] = []
+    for n in [m for m in nodes if m in chosen]:
+        i, o = linear_features(graph, n)
+        replaced.append({"node": n.name, "module": module_path(graph, n), "features": i})
+        param_nodes += [a for a in (n.args[1], n.args[2] if len(n.args) > 2 else None, linear_mask_node(n),
+                                    n.kwargs.get("act_calls")) if isinstance(a, fx.Node)]
+        n.replace_all_uses_with(compressed_input_node(n))
+        g.erase_node(n)
+    refresh_shared_inputs(graph)
+    removed = _drop_unread(graph, param_nodes)
     log.info("replace_linear_with_identity: %d nodes replaced", len(replaced))
     return graph, {"replaced": replaced, "params_removed": removed}

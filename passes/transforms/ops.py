@@ -126,6 +126,47 @@ def _act_generator(prune: Optional[tuple], act_seed, act_calls: Optional[torch.T
     return activation_generator(seed, offset, call, device)
 
 
+def _format_act_forward(x: torch.Tensor, spec: NumberFormat, prune: Optional[tuple], keep_for_backward: bool,
+                        clipped: bool, generator: Optional[torch.Generator]):
+    """:func:`_act_forward` for a format other than integer: its own quantiser, then the mask."""
+    v = spec.quantize(x)
+    keep = None
+    if prune is not None:
+        keep = activation_keep_mask(v, *prune, generator=generator)
+        v = v * keep
+    if clipped and keep_for_backward:
+        inside = ~spec.saturated(x)
+        keep = inside if keep is None else keep & inside
+    return v, keep
+
+
+def _codes_keep_mask(v: torch.Tensor, spec: QSpec, prune: tuple, keep_for_backward: bool,
+                     generator: Optional[torch.Generator]) -> torch.Tensor:
+    """The activation mask of the integer codes ``v`` (``prune``: sparsity, method, granularity).
+
+    Token-wise l1-norm on a small grid ranks the codes' levels (:func:`token_keep_from_levels`, with
+    its buffers in scratch memory unless ``keep_for_backward``); anything else masks the codes as
+    values (masks of the codes equal masks of the values: scaling by 2^f is exact).
+    """
+    sparsity, method, granularity = prune
+    num_levels = -spec.qmin + 1  # |code| in [0, 2^(w-1)]
+    d = v.shape[-1] if v.dim() else 1
+    k = num_to_prune(sparsity, d)
+    if (granularity == "token" and method == "l1-norm" and num_levels <= MAX_SEARCH_LEVELS
+            and 0 < k < d and v.dtype.is_floating_point):
+        rows = (v.numel() // d, d)
+        wide = torch.int16 if num_levels <= (1 << 15) else torch.int32
+        levels = _scratch("levels", rows, wide, v.device)
+        levels.copy_(v.view(rows)).abs_()
+        if num_levels <= 129:  # grids up to 8 bits: byte-sized levels, cheapest compares
+            levels = _scratch("levels8", rows, torch.uint8, v.device).copy_(levels)
+        out = torch.empty(rows, dtype=levels.dtype, device=v.device) if keep_for_backward else \
+            _scratch("keep", rows, levels.dtype, v.device)
+        rank_buf = _scratch("rank", rows, torch.int16 if d < (1 << 15) else torch.int32, v.device)
+        return token_keep_from_levels(levels, num_levels, k, out, rank_buf).view(v.shape)
+    return activation_keep_mask(v, sparsity, method, granularity, generator=generator)
+
+
 def _act_forward(x: torch.Tensor, spec: Optional[QSpec], prune: Optional[tuple], *, keep_for_backward: bool = True,
                  scratch_out: bool = False, clipped: bool = False, generator: Optional[torch.Generator] = None):
     """(output, gradient mask or None) of quantise-then-prune, without autograd.
@@ -140,15 +181,7 @@ def _act_forward(x: torch.Tensor, spec: Optional[QSpec], prune: Optional[tuple],
         keep = activation_keep_mask(x, *prune, generator=generator)
         return x * keep, keep
     if isinstance(spec, NumberFormat):  # any format but integer: its own quantiser, then the mask
-        v = spec.quantize(x)
-        keep = None
-        if prune is not None:
-            keep = activation_keep_mask(v, *prune, generator=generator)
-            v = v * keep
-        if clipped and keep_for_backward:
-            inside = ~spec.saturated(x)
-            keep = inside if keep is None else keep & inside
-        return v, keep
+        return _format_act_forward(x, spec, prune, keep_for_backward, clipped, generator)
     if scratch_out:
         v = _scratch("xq", tuple(x.shape), x.dtype, x.device)
     else:
@@ -162,26 +195,7 @@ def _act_forward(x: torch.Tensor, spec: Optional[QSpec], prune: Optional[tuple],
             return v, keep
     torch.mul(x, spec.scale, out=v)
     quantize_codes_(v, spec)  # integer codes, as floats
-    keep = None
-    if prune is not None:
-        sparsity, method, granularity = prune
-        num_levels = -spec.qmin + 1  # |code| in [0, 2^(w-1)]
-        d = v.shape[-1] if v.dim() else 1
-        k = num_to_prune(sparsity, d)
-        if (granularity == "token" and method == "l1-norm" and num_levels <= MAX_SEARCH_LEVELS
-                and 0 < k < d and v.dtype.is_floating_point):
-            rows = (v.numel() // d, d)
-            wide = torch.int16 if num_levels <= (1 << 15) else torch.int32
-            levels = _scratch("levels", rows, wide, v.device)
-            levels.copy_(v.view(rows)).abs_()
-            if num_levels <= 129:  # grids up to 8 bits: byte-sized levels, cheapest compares
-                levels = _scratch("levels8", rows, torch.uint8, v.device).copy_(levels)
-            out = torch.empty(rows, dtype=levels.dtype, device=v.device) if keep_for_backward else \
-                _scratch("keep", rows, levels.dtype, v.device)
-            rank_buf = _scratch("rank", rows, torch.int16 if d < (1 << 15) else torch.int32, v.device)
-            keep = token_keep_from_levels(levels, num_levels, k, out, rank_buf).view(v.shape)
-        else:  # masks of the codes equal masks of the values (scaling by 2^f is exact)
-            keep = activation_keep_mask(v, sparsity, method, granularity, generator=generator)
+    keep = None if prune is None else _codes_keep_mask(v, spec, prune, keep_for_backward, generator)
     if keep is None:
         v.mul_(1.0 / spec.scale)
     else:  # v = codes * keep / 2^f in one pass (both products exact)

@@ -125,6 +125,62 @@ def _rename(exc: ConfigError, path: str, role: str) -> ConfigError:
     return ConfigError(str(exc).replace(f"{path}.{role}.", f"{path}.{role}_"))
 
 
+def _sort_entry_keys(
+    data: Mapping[str, Any], fields: list[str], path: str, valid: list[str]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Mapping[str, Any]]]:
+    """An entry's keys (``name``/``ste`` taken out) as (shared fields, ``<role>_<field>`` keys per role,
+    role tables); an unknown key is a ConfigError listing ``valid``."""
+    p = f"{path}." if path else ""
+    shared: dict[str, Any] = {}
+    per_role: dict[str, dict[str, Any]] = {}
+    tables: dict[str, Mapping[str, Any]] = {}
+    for key, value in data.items():
+        key = str(key)
+        if key in ROLES and (isinstance(value, Mapping) or key not in fields):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{p}{key} must be a table {{name = ..., <field> = ...}}, got {value!r}")
+            tables[key] = value
+            continue
+        if key in fields:
+            shared[key] = value
+            continue
+        role = next((r for r in ROLES if key.startswith(r + "_") and key[len(r) + 1:] in fields), None)
+        if role is None:
+            raise unknown_key_error(path, key, valid)
+        per_role.setdefault(role, {})[key[len(role) + 1:]] = value
+    return shared, per_role, tables
+
+
+def _role_formats(shared: dict[str, Any], per_role: dict[str, dict[str, Any]], tables: dict[str, Mapping[str, Any]],
+                  fcls: type, fmt_name: str, path: str) -> dict[str, FormatConfig]:
+    """The format config of each role given by a table or by ``<role>_<field>`` keys (plus the shared fields)."""
+    p = f"{path}." if path else ""
+    roles: dict[str, FormatConfig] = {}
+    for role in ROLES:
+        if role in tables:
+            if role in per_role:
+                raise ConfigError(f"{p}{role} is given both as a table and by {role}_* keys; use one")
+            sub = dict(tables[role])
+            sub.setdefault("name", fmt_name)
+            roles[role] = format_config_from_dict(sub, f"{p}{role}")
+            continue
+        if role not in per_role:
+            continue
+        given = {**shared, **per_role[role]}
+        required = [f.name for f in dataclasses.fields(fcls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [f for f in required if f not in given]
+        if missing:
+            need = " and ".join(f"{role}_{f}" for f in required)
+            raise ConfigError(f"missing config key {p}{role}_{missing[0]} (the {fmt_name!r} format needs {need} "
+                              f"together)")
+        try:
+            roles[role] = fcls.from_dict(given, f"{p}{role}")
+        except ConfigError as exc:
+            raise _rename(exc, path, role) from None
+    return roles
+
+
 @dataclasses.dataclass
 class QuantEntryConfig(Config):
     """One entry's ``config`` table: the format ``name``, ``ste``, and the format of each role."""
@@ -154,46 +210,8 @@ class QuantEntryConfig(Config):
         fcls = get_config_cls(fmt_name)
         fields = [f.name for f in dataclasses.fields(fcls)]
         valid = list(dict.fromkeys(["name", "ste", *ROLES, *fields, *(f"{r}_{f}" for r in ROLES for f in fields)]))
-        shared: dict[str, Any] = {}
-        per_role: dict[str, dict[str, Any]] = {}
-        tables: dict[str, Mapping[str, Any]] = {}
-        for key, value in data.items():
-            key = str(key)
-            if key in ROLES and (isinstance(value, Mapping) or key not in fields):
-                if not isinstance(value, Mapping):
-                    raise ConfigError(f"{p}{key} must be a table {{name = ..., <field> = ...}}, got {value!r}")
-                tables[key] = value
-                continue
-            if key in fields:
-                shared[key] = value
-                continue
-            role = next((r for r in ROLES if key.startswith(r + "_") and key[len(r) + 1:] in fields), None)
-            if role is None:
-                raise unknown_key_error(path, key, valid)
-            per_role.setdefault(role, {})[key[len(role) + 1:]] = value
-        roles: dict[str, FormatConfig] = {}
-        for role in ROLES:
-            if role in tables:
-                if role in per_role:
-                    raise ConfigError(f"{p}{role} is given both as a table and by {role}_* keys; use one")
-                sub = dict(tables[role])
-                sub.setdefault("name", fmt_name)
-                roles[role] = format_config_from_dict(sub, f"{p}{role}")
-                continue
-            if role not in per_role:
-                continue
-            given = {**shared, **per_role[role]}
-            required = [f.name for f in dataclasses.fields(fcls)
-                        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-            missing = [f for f in required if f not in given]
-            if missing:
-                need = " and ".join(f"{role}_{f}" for f in required)
-                raise ConfigError(f"missing config key {p}{role}_{missing[0]} (the {fmt_name!r} format needs {need} "
-                                  f"together)")
-            try:
-                roles[role] = fcls.from_dict(given, f"{p}{role}")
-            except ConfigError as exc:
-                raise _rename(exc, path, role) from None
+        shared, per_role, tables = _sort_entry_keys(data, fields, path, valid)
+        roles = _role_formats(shared, per_role, tables, fcls, fmt_name, path)
         if active and not roles:
             keys = ", ".join(f"{r}_{f}" for r in ROLES for f in fields[:2])
             raise ConfigError(f"{p}name = {name!r} but no format is given; set keys of at least one role ({keys}, "

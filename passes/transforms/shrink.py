@@ -89,7 +89,7 @@ import dataclasses
 import logging
 import math
 import operator
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Callable, Iterable, Literal, Optional
 
 import torch
 from torch import fx, nn
@@ -223,6 +223,20 @@ def _region(producers: list[fx.Node], consumers: list[fx.Node]) -> set[fx.Node]:
     feeders = {a for n in inner for a in n.all_input_nodes
                if a.op == "call_function" and a.target in _SHAPE_TARGETS and a not in inner}
     return inner | feeders
+
+
+def _fix_each_call(graph: MaseGraph, producers: list[fx.Node], consumers: list[fx.Node], touched: set[fx.Node],
+                   fix: Callable[[set[fx.Node]], None]) -> None:
+    """``fix(region)`` the shapes of each call of a shared layer: per consumer (in graph order), the region
+    between it and the producers since the previous consumer. Adds those nodes to ``touched``."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    prev = -1
+    for c in sorted(consumers, key=order.__getitem__):
+        call = [p for p in producers if prev < order[p] < order[c]]
+        prev = order[c]
+        region = _region(call, [c])
+        fix(region)
+        touched |= region | set(call) | {c}
 
 
 def _input_shape(node: fx.Node) -> tuple | None:
@@ -645,6 +659,84 @@ def _resolve_keep(field: str, keep: Any, key: str, width: int, what: str) -> int
     return k
 
 
+def _heads_targeted(layers: dict[str, _Attn], keep: Any) -> dict[str, int]:
+    """Heads kept per targeted layer; under GQA a multiple of the layer's key/value heads."""
+    targets = {k: _resolve_keep("prune_heads.keep", keep, k, a.heads, "heads") for k, a in layers.items()}
+    targets = {k: v for k, v in targets.items() if v is not None}
+    for k, v in targets.items():
+        a = layers[k]
+        if a.group > 1 and v % a.kv_heads:
+            where = f"prune_heads.keep.{k}" if isinstance(keep, dict) else "prune_heads.keep"
+            raise ConfigError(f"{where} = {v}: layer {k} has {a.heads} query heads in {a.kv_heads} key/value "
+                              f"groups (GQA); heads kept must be a multiple of {a.kv_heads} (the same number in "
+                              f"every group): choose one of {list(range(a.kv_heads, a.heads + 1, a.kv_heads))}")
+    return targets
+
+
+def _heads_to_remove(graph: MaseGraph, layers: dict[str, _Attn], config: PruneHeadsConfig,
+                     context: PassContext) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """The scores and the lowest-scoring heads to remove per targeted layer (the same number per GQA group)."""
+    targets = _heads_targeted(layers, config.keep)
+    if config.score == "gradient":
+        if context.batches is None:
+            raise ConfigError("prune_heads.score = 'gradient' needs data: run_pass(graph, 'prune_heads', config, "
+                              "context=PassContext(batches=<iterable of input dicts with labels>)) (or give "
+                              "prune_heads.remove)")
+        scores = _gradient_head_scores(graph, {k: layers[k] for k in targets}, context.batches, config.num_batches)
+    else:
+        scores = {k: _l1_head_scores(layers[k]) for k in targets}
+    remove = {}
+    for k, v in targets.items():
+        a = layers[k]
+        if a.group == 1:
+            remove[k] = _lowest(scores[k], list(range(a.heads)), a.heads - v)
+            continue
+        per_group = a.group - v // a.kv_heads
+        remove[k] = sorted(h for g in range(a.kv_heads)
+                           for h in _lowest(scores[k], list(range(g * a.group, (g + 1) * a.group)), per_group))
+    return scores, remove
+
+
+def _check_heads_removed(layers: dict[str, _Attn], remove: dict[str, list[int]]) -> None:
+    """The (given or resolved) indices are valid heads, the same number from each GQA group."""
+    for k, idx in remove.items():
+        a = layers[k]
+        _check_removed("prune_heads", k, idx, a.heads, "head")
+        counts = [sum(1 for i in idx if i // a.group == g) for g in range(a.kv_heads)]
+        if a.group > 1 and len(set(counts)) > 1:
+            raise ConfigError(f"prune_heads.remove.{k} = {idx}: layer {k} groups its {a.heads} query heads in "
+                              f"{a.kv_heads} key/value groups of {a.group} (GQA); remove the same number from each "
+                              f"group (removed per group: {counts})")
+
+
+def _cut_heads(graph: MaseGraph, a: _Attn, idx: list[int], touched: set[fx.Node]) -> int:
+    """Cut the heads ``idx`` out of layer ``a``'s projections and fix the shapes after them; returns the heads left.
+
+    Adds the nodes whose shapes change to ``touched``.
+    """
+    d = a.d
+    kept = [h for h in range(a.heads) if h not in idx]
+    new_heads = len(kept)
+    done: set[str] = set()
+    q_rows = torch.tensor(a.head_rows(kept))
+    if "qkv" in a.roles:
+        rows = torch.tensor(a.head_rows(kept) + a.head_rows(kept, a.q_width) + a.head_rows(kept, 2 * a.q_width))
+        _cut_rows(graph, a.roles["qkv"], rows, done)
+        widths = {a.q_width: new_heads * d, 3 * a.q_width: 3 * new_heads * d}
+    else:
+        _cut_rows(graph, a.roles["q"], q_rows, done)
+        if a.group == 1:
+            _cut_rows(graph, a.roles["k"] + a.roles["v"], q_rows, done)
+        widths = {a.q_width: new_heads * d}
+    _cut_cols(graph, a.roles["o"], q_rows, done)
+    producers = [n for r in ("q", "k", "v", "qkv") for n in a.roles.get(r, [])]
+    repeat = (a.group, new_heads // a.kv_heads) if a.group > 1 else None
+    _fix_each_call(graph, producers, a.roles["o"], touched,
+                   lambda region: _fix_shapes(region, widths, heads=(a.heads, new_heads), repeat=repeat,
+                                              created=touched))
+    return new_heads
+
+
 @register_pass("prune_heads", PruneHeadsConfig, kind="transform", takes_context=True,
                example=PassExample({"keep": 1, "score": "gradient", "num_batches": 2}, context=example_context))
 def prune_heads(graph: MaseGraph, config: PruneHeadsConfig, context: PassContext) -> PassResult:
@@ -658,44 +750,11 @@ def prune_heads(graph: MaseGraph, config: PruneHeadsConfig, context: PassContext
             if k not in layers:
                 raise _layer_keys_error(f"{field}.{k}", k, keys, "attention")
     if config.remove is None:
-        targets = {k: _resolve_keep("prune_heads.keep", config.keep, k, a.heads, "heads") for k, a in layers.items()}
-        targets = {k: v for k, v in targets.items() if v is not None}
-        for k, v in targets.items():
-            a = layers[k]
-            if a.group > 1 and v % a.kv_heads:
-                where = f"prune_heads.keep.{k}" if isinstance(config.keep, dict) else "prune_heads.keep"
-                raise ConfigError(f"{where} = {v}: layer {k} has {a.heads} query heads in {a.kv_heads} key/value "
-                                  f"groups (GQA); heads kept must be a multiple of {a.kv_heads} (the same number in "
-                                  f"every group): choose one of {list(range(a.kv_heads, a.heads + 1, a.kv_heads))}")
-        if config.score == "gradient":
-            if context.batches is None:
-                raise ConfigError("prune_heads.score = 'gradient' needs data: run_pass(graph, 'prune_heads', config, "
-                                  "context=PassContext(batches=<iterable of input dicts with labels>)) (or give "
-                                  "prune_heads.remove)")
-            scores = _gradient_head_scores(graph, {k: layers[k] for k in targets}, context.batches, config.num_batches)
-        else:
-            scores = {k: _l1_head_scores(layers[k]) for k in targets}
-        remove = {}
-        for k, v in targets.items():
-            a = layers[k]
-            if a.group == 1:
-                remove[k] = _lowest(scores[k], list(range(a.heads)), a.heads - v)
-                continue
-            per_group = a.group - v // a.kv_heads
-            remove[k] = sorted(h for g in range(a.kv_heads)
-                               for h in _lowest(scores[k], list(range(g * a.group, (g + 1) * a.group)), per_group))
+        scores, remove = _heads_to_remove(graph, layers, config, context)
         decisions = {"remove": remove}
     else:
         scores, remove, decisions = {}, config.remove, None
-    # check the (given or resolved) indices
-    for k, idx in remove.items():
-        a = layers[k]
-        _check_removed("prune_heads", k, idx, a.heads, "head")
-        counts = [sum(1 for i in idx if i // a.group == g) for g in range(a.kv_heads)]
-        if a.group > 1 and len(set(counts)) > 1:
-            raise ConfigError(f"prune_heads.remove.{k} = {idx}: layer {k} groups its {a.heads} query heads in "
-                              f"{a.kv_heads} key/value groups of {a.group} (GQA); remove the same number from each "
-                              f"group (removed per group: {counts})")
+    _check_heads_removed(layers, remove)
     before = _num_params(graph)
     rows_info = []
     touched: set[fx.Node] = set()  # nodes whose shapes change
@@ -704,30 +763,7 @@ def prune_heads(graph: MaseGraph, config: PruneHeadsConfig, context: PassContext
         if not idx:
             rows_info.append({"layer": k, "heads_before": a.heads, "heads_after": a.heads, "removed": []})
             continue
-        kept = [h for h in range(a.heads) if h not in idx]
-        new_heads = len(kept)
-        done: set[str] = set()
-        q_rows = torch.tensor(a.head_rows(kept))
-        if "qkv" in a.roles:
-            rows = torch.tensor(a.head_rows(kept) + a.head_rows(kept, a.q_width) + a.head_rows(kept, 2 * a.q_width))
-            _cut_rows(graph, a.roles["qkv"], rows, done)
-            widths = {a.q_width: new_heads * d, 3 * a.q_width: 3 * new_heads * d}
-        else:
-            _cut_rows(graph, a.roles["q"], q_rows, done)
-            if a.group == 1:
-                _cut_rows(graph, a.roles["k"] + a.roles["v"], q_rows, done)
-            widths = {a.q_width: new_heads * d}
-        _cut_cols(graph, a.roles["o"], q_rows, done)
-        producers = [n for r in ("q", "k", "v", "qkv") for n in a.roles.get(r, [])]
-        order = {n: i for i, n in enumerate(graph.nodes)}
-        prev = -1
-        for o in sorted(a.roles["o"], key=order.__getitem__):
-            call = [p for p in producers if prev < order[p] < order[o]]
-            prev = order[o]
-            region = _region(call, [o])
-            _fix_shapes(region, widths, heads=(a.heads, new_heads),
-                        repeat=(a.group, new_heads // a.kv_heads) if a.group > 1 else None, created=touched)
-            touched |= region | set(call) | {o}
+        new_heads = _cut_heads(graph, a, idx, touched)
         info_row = {"layer": k, "heads_before": a.heads, "heads_after": new_heads, "removed": list(idx)}
         if k in scores:
             info_row["scores"] = [float(s) for s in scores[k]]
@@ -817,15 +853,9 @@ def prune_ffn(graph: MaseGraph, config: PruneFFNConfig) -> PassResult:
             if "glu" in f.roles:
                 _cut_rows(graph, f.roles["glu"], torch.tensor(kept + [f.width + j for j in kept]), done)
             _cut_cols(graph, f.roles["down"], keep_t, done)
-            producers = ups + f.roles.get("glu", [])
-            order = {n: i for i, n in enumerate(graph.nodes)}
-            prev = -1
-            for down in sorted(f.roles["down"], key=order.__getitem__):
-                call = [p for p in producers if prev < order[p] < order[down]]
-                prev = order[down]
-                region = _region(call, [down])
-                _fix_shapes(region, {f.width: len(kept), 2 * f.width: 2 * len(kept)})
-                touched |= region | set(call) | {down}
+            widths = {f.width: len(kept), 2 * f.width: 2 * len(kept)}
+            _fix_each_call(graph, ups + f.roles.get("glu", []), f.roles["down"], touched,
+                           lambda region: _fix_shapes(region, widths))
         row = {"layer": k, "width_before": f.width, "width_after": len(kept), "removed": list(idx)}
         if k in scores:
             row["scores"] = [float(s) for s in scores[k]]

@@ -3,7 +3,9 @@
 The build is one Optuna study (``<search.name>-table``) whose grid is the model-level space times
 the table seeds (parameter ``table_seed``), so it has what a search has: RDB storage, resume after
 a kill (an interrupted trial is queued again), several worker processes on one storage, a progress
-bar. Each trial is the ``compress_finetune`` trial of a live search (:mod:`search.objectives`) with
+bar; it is run by the study runner (:mod:`search.runner`): its grid is queued whole when the study is
+made and each row is admitted within the budget, so parallel workers never train a row twice. Each
+trial is the ``compress_finetune`` trial of a live search (:mod:`search.objectives`) with
 the model and training seed set to its ``table_seed`` and the fine-tune seed derived from it, so
 one row records the trained, compressed and fine-tuned accuracy of the same model -- on the
 validation rows (what searches select on) and on the test split (``data.n_test`` rows, never
@@ -20,7 +22,6 @@ import dataclasses
 import logging
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,7 +32,8 @@ from ..config import RunConfig, SearchError, StudySpec, digest, fingerprint_diff
 from ..lifecycle import Lifecycle, default_lifecycle
 from ..objectives import CompressFinetuneObjective, ObjectiveContext
 from ..space import SearchSpace
-from ..storage import Budget, default_storage_url, n_counted, open_storage, recover_interrupted, redact
+from ..runner import catch_up, open_study, run_trials
+from ..storage import default_storage_url, open_storage, redact
 from .table import ARCH_PARAMS, TABLE_COLUMNS, arch_id, buildable, space_combinations, write_manifest, write_table
 
 log = logging.getLogger(__name__)
@@ -108,9 +110,7 @@ def build_table(cfg: RunConfig, out: str | Path, seeds: Sequence[int] = (0, 1, 2
     ``lifecycle`` builds, trains and evaluates (default: :func:`search.lifecycle.default_lifecycle`);
     the data are only loaded when rows are missing. Returns how many rows are done; ``table`` is set once all are.
     """
-    from mase_lite.progress import progress as tqdm  # one line per row when stderr is not a terminal
-
-    from ..study import _quiet_optuna, load_data
+    from ..study import _quiet_optuna
 
     t0 = time.perf_counter()
     seeds = [int(s) for s in seeds]
@@ -121,13 +121,26 @@ def build_table(cfg: RunConfig, out: str | Path, seeds: Sequence[int] = (0, 1, 2
     _quiet_optuna()
     total = n_rows(cfg, seeds)
     url = storage_url or cfg.search.storage or default_storage_url(out)
-    storage = open_storage(url, cfg.search.heartbeat_interval)
     space = SearchSpace.from_config(cfg.space, cfg.model, with_nodes=False)
+    study = _open_table_study(cfg, space, seeds, url)
+    done = catch_up(study, out, total)
+    if done < total:
+        objective = _objective(cfg, space, seeds, total, lifecycle)
+        _build_rows(cfg, study, objective, out, total, done)
+    rows = table_rows(study)
+    table = None
+    if len(rows) >= total:
+        table = _write(cfg, study, rows, seeds, out, command)
+    return BuildResult(out, url, len(rows), total, table, time.perf_counter() - t0)
+
+
+def _open_table_study(cfg: RunConfig, space: SearchSpace, seeds: list[int], url: str) -> optuna.Study:
+    """The build's study (made, with its grid queued, or joined), checked against ``cfg``'s fingerprint."""
+    storage = open_storage(url, cfg.search.heartbeat_interval, retry_s=cfg.search.storage_retry_s)
     grid = {**space.model.grid_search_space(), SEED_PARAM: seeds}
-    spec = table_spec(cfg, total)
+    spec = table_spec(cfg, 0)
     fp = table_fingerprint(cfg, seeds)
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.GridSampler(grid, seed=0))
+    study = open_study(spec.name, storage, optuna.samplers.GridSampler(grid, seed=0), ["maximize"])
     stored = study.user_attrs.get("fingerprint")
     diff = None if stored is None else fingerprint_difference(stored.get("config", {}), fp)
     if stored is None:
@@ -135,39 +148,51 @@ def build_table(cfg: RunConfig, out: str | Path, seeds: Sequence[int] = (0, 1, 2
     elif diff:
         raise SearchError(f"the table study {spec.name!r} in {redact(url)} was started with another setup ({diff}); "
                           f"use another --out, --storage or search.name")
-    recover_interrupted(study)
-    if n_counted(study) < total:
-        lifecycle = lifecycle or default_lifecycle()
-        if cfg.data.n_test is not None and cfg.data.n_test < MIN_TEST_ROWS:
-            log.warning("data.n_test = %d: the table's held-out test columns will have a binomial SE of about "
-                        "%.3f; use %d or more rows", cfg.data.n_test, math.sqrt(0.16 / cfg.data.n_test), MIN_TEST_ROWS)
-        ctx = ObjectiveContext(space=space, splits=load_data(cfg, lifecycle), train=cfg.train,
-                               finetune=cfg.finetune_config(), compression=cfg.compression,
-                               objectives=["accuracy"], seed=0, graph_dir=None, lifecycle=lifecycle, test_eval="all")
-        objective = TableObjective(ctx, seeds, cfg.finetune_config)
-        with tqdm(total=total, initial=n_counted(study), desc=spec.name, unit="row", dynamic_ncols=True) as bar:
-            cb = Budget(total, cfg.search.max_failures_in_a_row, bar)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(objective, n_trials=None, catch=(Exception,), callbacks=[cb],
-                               gc_after_trial=cfg.search.gc_after_trial)
-        if cb.aborted:
-            raise SearchError(f"table build stopped: {cb.aborted}")
-    rows = table_rows(study)
-    done = len(rows)
-    table = None
-    if done >= total:
-        table = write_table(rows, out)
-        write_manifest(
-            out, space={p: getattr(cfg.space, p) for p in ARCH_PARAMS}, model=cfg.to_dict()["model"],
-            data={k: v for k, v in cfg.data.to_dict().items() if k not in ("data_dir", "cache_dir")},
-            train=cfg.train.to_dict(), finetune=cfg.finetune_config().to_dict(),
-            compression=cfg.compression, seeds=seeds,
-            total_seconds=round(sum(r["time_total_s"] for r in rows), 1), command=command,
-            machine=_machine(study), preregistration=preregistration(cfg),
-        )
-        log.info("table of %d rows written to %s", done, out)
-    return BuildResult(out, url, done, total, table, time.perf_counter() - t0)
+    return study
+
+
+def _objective(cfg: RunConfig, space: SearchSpace, seeds: list[int], total: int,
+               lifecycle: Lifecycle | None) -> TableObjective:
+    """The rows' objective, on the loaded data (each row admitted within the budget of ``total`` rows)."""
+    from ..study import load_data
+
+    lifecycle = lifecycle or default_lifecycle()
+    if cfg.data.n_test is not None and cfg.data.n_test < MIN_TEST_ROWS:
+        log.warning("data.n_test = %d: the table's held-out test columns will have a binomial SE of about "
+                    "%.3f; use %d or more rows", cfg.data.n_test, math.sqrt(0.16 / cfg.data.n_test), MIN_TEST_ROWS)
+    ctx = ObjectiveContext(space=space, splits=load_data(cfg, lifecycle), train=cfg.train,
+                           finetune=cfg.finetune_config(), compression=cfg.compression,
+                           objectives=["accuracy"], seed=0, graph_dir=None, lifecycle=lifecycle, test_eval="all",
+                           n_trials=total)
+    return TableObjective(ctx, seeds, cfg.finetune_config)
+
+
+def _build_rows(cfg: RunConfig, study: optuna.Study, objective: TableObjective, out: Path, total: int,
+                done: int) -> None:
+    """Run the study's trials (:func:`search.runner.run_trials`) until ``total`` rows are counted."""
+    from mase_lite.progress import progress as tqdm  # one line per row when stderr is not a terminal
+
+    with tqdm(total=total, initial=done, desc=study.study_name, unit="row", dynamic_ncols=True) as bar:
+        aborted = run_trials(study, objective, total, run_dir=out, max_failures=cfg.search.max_failures_in_a_row,
+                             bar=bar, gc_after_trial=cfg.search.gc_after_trial)
+    if aborted:
+        raise SearchError(f"table build stopped: {aborted}")
+
+
+def _write(cfg: RunConfig, study: optuna.Study, rows: list[dict[str, Any]], seeds: list[int], out: Path,
+           command: str) -> Path:
+    """Write the complete table and its manifest into ``out``; returns the table's path."""
+    table = write_table(rows, out)
+    write_manifest(
+        out, space={p: getattr(cfg.space, p) for p in ARCH_PARAMS}, model=cfg.to_dict()["model"],
+        data={k: v for k, v in cfg.data.to_dict().items() if k not in ("data_dir", "cache_dir")},
+        train=cfg.train.to_dict(), finetune=cfg.finetune_config().to_dict(),
+        compression=cfg.compression, seeds=seeds,
+        total_seconds=round(sum(r["time_total_s"] for r in rows), 1), command=command,
+        machine=_machine(study), preregistration=preregistration(cfg),
+    )
+    log.info("table of %d rows written to %s", len(rows), out)
+    return table
 
 
 def table_rows(study: optuna.Study) -> list[dict[str, Any]]:

@@ -71,6 +71,8 @@ from mase_lite.families import head_layout_problem
 from mase_lite.machine import machine_info
 from mase_lite.models import ARCH_FIELDS
 
+from ..config_diff import config_difference, normalize_pipeline, show  # noqa: F401  (normalize_pipeline: moved there)
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
@@ -117,15 +119,6 @@ TEST_METRIC_COLUMNS = {m: f"test_{c}" for m, c in METRIC_COLUMNS.items()}
 SPLITS = ("val", "test")
 #: Search variant -> the metric its studies optimise.
 VARIANT_METRICS = {"baseline": "trained", "compress": "compressed", "compress_finetune": "finetuned"}
-
-#: Fields that do not change results, left out of :func:`check_compatible`. ``data.n_test`` is not
-#: one since schema 2 (the test columns are measured on those rows); schema-1 tables never used it.
-NEUTRAL_FIELDS = {
-    "data": ("data_dir", "cache_dir"),
-    # ``seed`` is the table's seed axis (a live study sets it from search.seeds)
-    "train": ("progress", "num_threads", "log_every", "eval_every", "eval_batch_size", "seed"),
-    "model": ("attn_implementation", "seed", *ARCH_PARAMS),
-}
 
 
 class TableError(MaseError):
@@ -507,97 +500,28 @@ class BenchTable:
 # --------------------------------------------------------------------------- compatibility with a config
 
 
-def _field_defaults(cls: type) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-    return out
-
-
-_ABSENT = object()
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b or a == b and type(a) is type(b)
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return float(a) == float(b)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
-    return a == b
+#: Where the config sections sit in the compared manifest (:func:`check_compatible`), by section kind.
+MANIFEST_SECTIONS = {"model": "model", "data": "data", "train": "train", "finetune": "finetune",
+                     "compression": "compression"}
 
 
 def _diff_message(path: str, table_value: Any, config_value: Any) -> str:
-    def show(v: Any) -> str:
-        r = "(absent)" if v is _ABSENT else repr(v)
-        return r if len(r) <= 100 else r[:97] + "..."
-
-    return (f"the config does not match the table: {path} = {show(table_value)} in the table ({MANIFEST_FILE}), "
-            f"{show(config_value)} in the config")
-
-
-def _first_difference(table_d: Any, config_d: Any, path: str) -> str | None:
-    """The first differing leaf of two nested values (dict keys order-insensitive), as a message."""
-    if isinstance(table_d, dict) and isinstance(config_d, dict):
-        for k in [*table_d, *(k for k in config_d if k not in table_d)]:
-            diff = _first_difference(table_d.get(k, _ABSENT), config_d.get(k, _ABSENT), f"{path}.{k}")
-            if diff:
-                return diff
-        return None
-    if table_d is _ABSENT or config_d is _ABSENT or not _same(table_d, config_d):
-        return _diff_message(path, table_d, config_d)
-    return None
-
-
-def _compare_section(name: str, table_d: Mapping[str, Any], config_d: Mapping[str, Any], defaults: Mapping[str, Any],
-                     ignore: Sequence[str] = ()) -> None:
-    """TableError on the first field that differs; a field absent on one side must equal its default there."""
-    for key in [*table_d, *(k for k in config_d if k not in table_d)]:
-        if key in ignore:
-            continue
-        t = table_d.get(key, defaults.get(key, _ABSENT))
-        c = config_d.get(key, defaults.get(key, _ABSENT))
-        if (key not in table_d or key not in config_d) and key not in defaults:
-            continue  # a field one side's mase-lite does not know, with no known default: nothing to compare
-        diff = _first_difference(t, c, f"{name}.{key}")
-        if diff:
-            raise TableError(diff)
-
-
-def normalize_pipeline(pipeline: Mapping[str, Any]) -> Any:
-    """A pipeline as ``[[name, config with defaults filled], ...]`` (the plain dict if it cannot be parsed)."""
-    try:
-        from passes.pipeline import parse_pipeline
-        from passes.registry import get_pass
-
-        steps = parse_pipeline(copy.deepcopy(dict(pipeline)))
-        return [[name, get_pass(name).config_cls.from_dict(copy.deepcopy(dict(cfg or {})), path=name).to_dict()]
-                for name, cfg in steps]
-    except Exception:  # an unknown pass, or passes not importable: compare as plain dicts
-        log.debug("compression pipeline not normalised", exc_info=True)
-        return copy.deepcopy(dict(pipeline))
+    return (f"the config does not match the table: {path} = {show(table_value, 100)} in the table ({MANIFEST_FILE}), "
+            f"{show(config_value, 100)} in the config")
 
 
 def check_compatible(table: BenchTable, run_cfg: Any, sampler_specs: Sequence[str] | None = None,
                      metrics: Iterable[str] = ("trained",)) -> None:
     """Raise one TableError if replaying ``run_cfg``'s search on ``table`` would not mean what it says.
 
-    Compared: the samplers (no ``+nodes``), the ``[space]`` lists (order-insensitive), the fixed
-    ``[model]`` fields, ``[data]`` and ``[train]`` fields that change results (:data:`NEUTRAL_FIELDS`
-    are ignored, and ``data.n_test`` for a schema-1 table, which has no test columns; a field absent on
-    one side counts as its default), ``[finetune]`` if ``finetuned`` is
-    among ``metrics`` and the compression pipeline (defaults of the pass configs filled in) if
-    ``compressed`` or ``finetuned`` is.
+    Compared: the samplers (no ``+nodes``), the ``[space]`` lists (order-insensitive), then as a
+    study's fingerprint is (:func:`search.config_diff.config_difference`: fields that do not change
+    results skipped, a field absent on one side counts as its default) the fixed ``[model]`` fields,
+    ``[data]`` (not ``data.n_test`` for a schema-1 table, which has no test columns) and ``[train]``,
+    ``[finetune]`` if ``finetuned`` is among ``metrics`` (its seed only when ``[finetune]`` sets one:
+    each row derives it from its own seed) and the compression pipeline (defaults of the pass
+    configs filled in) if ``compressed`` or ``finetuned`` is.
     """
-    from mase_lite.data import DataConfig
-    from mase_lite.models import ModelConfig
-    from mase_lite.training import TrainConfig
-
     specs = list(sampler_specs if sampler_specs is not None else run_cfg.search.samplers)
     for i, spec in enumerate(specs):
         if spec.endswith("+nodes"):
@@ -609,25 +533,16 @@ def check_compatible(table: BenchTable, run_cfg: Any, sampler_specs: Sequence[st
         t, c = sorted(m["space"][p]), sorted(getattr(run_cfg.space, p))
         if t != c:
             raise TableError(_diff_message(f"space.{p}", t, c))
-    _compare_section("model", m["model"], run_cfg.model.to_dict(), _field_defaults(ModelConfig), NEUTRAL_FIELDS["model"])
-    data_neutral = (*NEUTRAL_FIELDS["data"], *(("n_test",) if table.schema_version < 2 else ()))  # schema 1: unused
-    _compare_section("data", m["data"], run_cfg.data.to_dict(), _field_defaults(DataConfig), data_neutral)
-    _compare_section("train", m["train"], run_cfg.train.to_dict(), _field_defaults(TrainConfig), NEUTRAL_FIELDS["train"])
+    stored = {k: m[k] for k in ("model", "data", "train")}
+    current = {"model": run_cfg.model.to_dict(), "data": run_cfg.data.to_dict(), "train": run_cfg.train.to_dict()}
+    ignore = {"data.n_test"} if table.schema_version < 2 else set()  # schema 1: no test columns
     metrics = set(metrics)
     if "finetuned" in metrics:
-        _compare_section("finetune", m["finetune"], run_cfg.finetune_config().to_dict(), _field_defaults(TrainConfig),
-                         NEUTRAL_FIELDS["train"])
+        stored["finetune"], current["finetune"] = m["finetune"], run_cfg.finetune_config().to_dict()
+        if "seed" not in run_cfg.finetune:
+            ignore.add("finetune.seed")
     if metrics & {"compressed", "finetuned"}:
-        t, c = normalize_pipeline(m["compression"]), normalize_pipeline(run_cfg.compression)
-        if isinstance(t, list) and isinstance(c, list):
-            names_t, names_c = [n for n, _ in t], [n for n, _ in c]
-            if names_t != names_c:
-                raise TableError(_diff_message("compression.passes (pass order)", names_t, names_c))
-            for (name, ct), (_, cc) in zip(t, c):
-                diff = _first_difference(ct, cc, f"compression.passes.{name}")
-                if diff:
-                    raise TableError(diff)
-        else:
-            diff = _first_difference(m["compression"], dict(run_cfg.compression), "compression")
-            if diff:
-                raise TableError(diff)
+        stored["compression"], current["compression"] = m["compression"], dict(run_cfg.compression)
+    diff = config_difference(stored, current, MANIFEST_SECTIONS, ignore)
+    if diff is not None:
+        raise TableError(_diff_message(diff.path, diff.stored, diff.current))

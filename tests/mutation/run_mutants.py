@@ -8,9 +8,33 @@ file; a mutant is *caught* when the tests fail (or time out), *survived* when th
 marked ``equivalent = true`` (with a ``reason``) are judged not to change any specified behaviour;
 they are run only with ``--run-equivalent`` and are left out of the score. A mutant whose snippet no
 longer occurs exactly once (the code moved on) is reported as *stale* and not run: update its entry.
-The score is::
+A mutant naming a test path that does not exist is reported (``MISSING TESTS ...`` on stderr,
+status ``error``) and not run: it is never tested with fewer tests than it names. The score is::
 
     caught / (mutants - equivalent)
+
+(stale and untested mutants are left out of it too, and counted on the summary line).
+
+Running the audit (from the repository root, one test process at a time; on 2 cores about 25
+minutes, plus 6 for ``--baseline``)::
+
+    export MASE_LITE_DATA=../shared/data      # the data mirror, as for the test suite
+    mkdir -p /tmp/mut
+    .venv/bin/python tests/mutation/run_mutants.py --check       # every snippet applies, test paths exist
+    nice -n 10 .venv/bin/python tests/mutation/run_mutants.py --baseline \\
+        --out /tmp/mut/main.json --csv /tmp/mut/main.csv 2>&1 | tee /tmp/mut/main.log
+
+It prints one line per mutant as it goes (``[i/N] id: caught|survived|timeout|error in S s``), then a
+table (mutant, module, status -- ``*``: judged equivalent, not scored --, seconds, note) and the
+score line::
+
+    96 of 96 non-equivalent mutants caught (100.0 %); 0 survived; 12 judged equivalent; 0 could not be
+    tested; 0 stale (snippet not found: update mutants.toml)
+
+followed by the survivors, the mutants that could not be tested (and why), and a warning if a mutant
+judged equivalent was caught. ``--out`` / ``--csv`` keep every result (with the tail of the test
+output). Exit status: 0 when every non-equivalent mutant was caught and none is stale or untested;
+1 otherwise (or when interrupted); 2 when ``--baseline`` fails on the unmutated tree.
 
 Where the mutants are applied:
 
@@ -28,14 +52,15 @@ bytecode is removed, so a mutant is never masked by a stale ``.pyc``.
 Usage (from the repository root, with the project's virtual environment)::
 
     .venv/bin/python tests/mutation/run_mutants.py                  # all mutants, score table
-    .venv/bin/python tests/mutation/run_mutants.py --only prune-global-override shrink-tie
+    .venv/bin/python tests/mutation/run_mutants.py --only prune-global-override shrink-tie-high-first
     .venv/bin/python tests/mutation/run_mutants.py --module passes/transforms/shrink.py
     .venv/bin/python tests/mutation/run_mutants.py --check          # snippets apply? (no tests run)
     .venv/bin/python tests/mutation/run_mutants.py --baseline       # the tests pass unmutated?
     .venv/bin/python tests/mutation/run_mutants.py --out results.json --csv results.csv
     .venv/bin/python tests/mutation/run_mutants.py --keep-caught results.json --out results2.json  # survivors only
 
-The file name does not match pytest's ``test_*.py`` pattern, so pytest never collects this driver.
+The file name does not match pytest's ``test_*.py`` pattern (``setup.cfg``: ``testpaths = tests``, default
+``python_files``), so the test suite never collects this driver or anything else in ``tests/mutation``.
 """
 
 from __future__ import annotations
@@ -44,11 +69,13 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -90,6 +117,8 @@ def load_mutants(path: Path) -> list[dict]:
             raise MutantError(f"mutant {m['id']}: equivalent = true needs a reason")
         if isinstance(m["tests"], str):
             m["tests"] = [m["tests"]]
+        if not m["tests"] or not all(isinstance(t, str) and t.strip() for t in m["tests"]):
+            raise MutantError(f"mutant {m['id']}: tests must name at least one test path, got {m['tests']!r}")
     return mutants
 
 
@@ -179,36 +208,84 @@ def pytest_env(root: Path) -> dict[str, str]:
     return env
 
 
-def existing_tests(root: Path, tests: list[str]) -> list[str]:
-    """The test paths (or node ids) of ``tests`` whose file exists in the tree at ``root``."""
-    return [t for t in tests if (root / t.split("::", 1)[0]).exists()]
+def missing_tests(root: Path, tests: list[str]) -> list[str]:
+    """The test paths (or node ids) of ``tests`` whose file does not exist in the tree at ``root``."""
+    return [t for t in tests if not (root / t.split("::", 1)[0]).exists()]
+
+
+def missing_message(root: Path, missing: list[str]) -> str:
+    """One line saying which test paths were not found (and why, for a path outside the private copy)."""
+    msg = f"test path(s) not found: {', '.join(missing)}"
+    outside = [t for t in missing if (REPO / t.split("::", 1)[0]).exists()]
+    if outside and root != REPO:
+        msg += (f" ({', '.join(outside)} exist in the repository but not in the tree the mutants run in, {root}: "
+                f"add their folder to COPY_ITEMS)")
+    return msg + "; fix the mutant's tests = [...] in mutants.toml"
+
+
+#: pytest's final summary line (``-q``): ``1 failed, 288 passed in 371.42s (0:06:11)``, ``no tests ran in 0.01s``
+_SUMMARY = re.compile(r"^=*\s*(?P<body>(?:\d+ \w+|no tests ran)(?:, \d+ \w+)*) in [\d.]+s\b", re.M)
+#: seconds a test process may take to exit after printing its summary (a process that outlives its
+#: tests -- a leftover child holding the output pipe, a thread blocking interpreter exit -- is killed)
+EXIT_GRACE = 30.0
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the session the test run was started in (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def run_tests(root: Path, tests: list[str], timeout: float, python: str) -> tuple[str, float, str]:
-    """(``passed`` / ``failed`` / ``timeout`` / ``error``, seconds, the last lines of output). Test
-    files that do not exist (yet) are left out; with none left the mutant is not tested (``error``)."""
-    tests = existing_tests(root, tests)
-    if not tests:
-        return "error", 0.0, "none of the mutant's test files exists"
+    """(``passed`` / ``failed`` / ``timeout`` / ``error``, seconds, the last lines of output). A test
+    path that does not exist is an ``error`` (nothing is run): leaving it out silently would test the
+    mutant with fewer tests than its entry names. A run that printed pytest's summary but does not
+    exit (within :data:`EXIT_GRACE` seconds) is judged by that summary, not left to time out."""
+    if not tests:  # (pytest without paths would run the whole suite)
+        return "error", 0.0, "no test paths given"
+    missing = missing_tests(root, tests)
+    if missing:
+        return "error", 0.0, missing_message(root, missing)
     cmd = [python, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-x", "-q", "--no-header",
            "-o", "addopts=", *tests]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=root, env=pytest_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    status, hung, summary_at = None, False, None
     try:
-        out, _ = proc.communicate(timeout=timeout)
-        status = "passed" if proc.returncode == 0 else "failed"
-        if proc.returncode in (4, 5):  # usage error / nothing collected: the mutant was not tested
-            status = "error"
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        status = "timeout"
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now - t0 > timeout:
+                status = "timeout"
+                break
+            if summary_at is None and _SUMMARY.search("".join(lines[-3:])):
+                summary_at = now
+            if summary_at is not None and now - summary_at > EXIT_GRACE:
+                hung = True
+                break
+            time.sleep(0.2)
     except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        _kill_group(proc)
+        reader.join(5)
         raise
-    tail = "\n".join((out or "").strip().splitlines()[-6:])
+    _kill_group(proc)  # whatever the run left behind (nothing, normally)
+    proc.wait()
+    reader.join(10)
+    out = "".join(lines)
+    if status is None:
+        found = _SUMMARY.findall(out)
+        if hung:
+            status = "failed" if found and re.search(r"\b(failed|errors?)\b", found[-1]) else "passed"
+            out += f"\n(pytest printed its summary but its process did not exit within {EXIT_GRACE:.0f} s: killed)"
+        else:
+            status = "passed" if proc.returncode == 0 else "failed"
+            if proc.returncode in (4, 5):  # usage error / nothing collected: the mutant was not tested
+                status = "error"
+    tail = "\n".join(out.strip().splitlines()[-6:])
     return status, time.monotonic() - t0, tail
 
 
@@ -245,6 +322,10 @@ def print_table(results: list[dict], summary: dict) -> None:
     surv = [r["id"] for r in results if r["status"] == "survived" and not r["equivalent"]]
     if surv:
         print("survivors: " + ", ".join(surv))
+    for r in results:
+        if r["status"] == "error":
+            last = (r.get("output") or "").strip().splitlines()
+            print(f"could not be tested: {r['id']}: {last[-1] if last else '?'}")
     bad_eq = [r["id"] for r in results if r["equivalent"] and r["status"] in CAUGHT]
     if bad_eq:
         print("WARNING: mutants marked equivalent were caught (the judgement is wrong): " + ", ".join(bad_eq))
@@ -299,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tempfile.mkdtemp(prefix="mase-lite-mutants-"))
         root = make_copy(tmp)
     results: list[dict] = []
+    interrupted = False
     try:
         # a mutant whose snippet no longer occurs exactly once (the code moved on) is "stale": reported, not run
         stale = {}
@@ -309,22 +391,35 @@ def main(argv: list[str] | None = None) -> int:
                 stale[m["id"]] = str(exc)
         for mid, why in stale.items():
             print(f"STALE {why}", file=sys.stderr)
+        # a mutant naming a test path that does not exist is an error: reported, not run
+        missing = {m["id"]: missing_message(root, miss) for m in mutants if (miss := missing_tests(root, m["tests"]))}
+        for mid, why in missing.items():
+            print(f"MISSING TESTS mutant {mid}: {why}", file=sys.stderr)
         if args.check:
             print(f"{len(mutants) - len(stale)} of {len(mutants)} mutants apply" + (f"; stale: {', '.join(stale)}"
-                                                                                   if stale else ""))
-            return 1 if stale else 0
+                                                                                   if stale else "")
+                  + (f"; test paths missing: {', '.join(missing)}" if missing else ""))
+            return 1 if stale or missing else 0
         if args.baseline:
-            tests = sorted({t for m in mutants for t in m["tests"]})
-            status, secs, tail = run_tests(root, tests, args.timeout * 4, args.python)
-            print(f"baseline ({len(tests)} test paths): {status} in {secs:.0f} s\n{tail}", flush=True)
-            if status != "passed":
-                return 2
+            tests = sorted({t for m in mutants if m["id"] not in missing for t in m["tests"]})
+            if not tests:
+                print("baseline: skipped (no selected mutant has test paths that exist)", flush=True)
+            else:
+                status, secs, tail = run_tests(root, tests, args.timeout * 4, args.python)
+                print(f"baseline ({len(tests)} test paths): {status} in {secs:.0f} s\n{tail}", flush=True)
+                if status != "passed":
+                    return 2
         for i, m in enumerate(mutants, 1):
             row = {"id": m["id"], "file": m["file"], "tests": m["tests"], "note": m.get("note", ""),
                    "equivalent": bool(m.get("equivalent")), "reason": m.get("reason", ""), "seconds": 0.0}
             if m["id"] in stale:
                 row["status"] = "stale"
                 results.append(row)
+                continue
+            if m["id"] in missing:
+                row.update(status="error", output=missing[m["id"]])
+                results.append(row)
+                print(f"[{i}/{len(mutants)}] {m['id']}: error (test paths missing)", flush=True)
                 continue
             if m in skipped:
                 row["status"] = "skipped"
@@ -339,11 +434,12 @@ def main(argv: list[str] | None = None) -> int:
             with Applied(root, m):
                 status, secs, tail = run_tests(root, m["tests"], args.timeout, args.python)
             row.update(status=classify(m, status), seconds=secs, output=tail,
-                       tests_run=existing_tests(root, m["tests"]))
+                       tests_run=list(m["tests"]))
             results.append(row)
             print(f"[{i}/{len(mutants)}] {m['id']}: {row['status']}{' (equivalent)' if row['equivalent'] else ''} "
                   f"in {secs:.0f} s", flush=True)
     except KeyboardInterrupt:
+        interrupted = True
         print("interrupted: the tree is restored; partial results follow", file=sys.stderr)
     finally:
         if tmp is not None:
@@ -362,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
             w.writeheader()
             for r in results:
                 w.writerow({**r, "tests": " ".join(r["tests"])})
-    return 0
+    # 0: every non-equivalent mutant caught, none stale or untested, not interrupted
+    return 1 if interrupted or summary["survived"] or summary["stale"] or summary["errors"] else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""The deployment-front report's logic (benchmarks/deploy_front.py), nothing timed: the speed-up split
+into quantisation and shrinking, and the goal at its exact boundaries."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("deploy_front", ROOT / "benchmarks" / "deploy_front.py")
+df = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(df)
+
+
+def _rows(ms: dict[str, float], test: dict[str, float]) -> list[dict]:
+    rows = [{"model": m, "timing": {"t1_b1": {"median_ms": v}}, "test_accuracy": test[m]} for m, v in ms.items()]
+    df.speedups(rows, "t1_b1")
+    return rows
+
+
+def test_speedup_is_quantisation_times_shrinking():
+    rows = _rows({"fp32": 24.0, "int8": 10.0, "trial-3": 4.0}, {"fp32": 0.86, "int8": 0.85, "trial-3": 0.80})
+    by = {r["model"]: r for r in rows}
+    assert by["fp32"]["speedup_t1_b1"] == 1.0 and "from_quantisation_t1_b1" not in by["fp32"]
+    assert by["int8"]["speedup_t1_b1"] == 2.4 and by["int8"]["from_shrinking_t1_b1"] == 1.0
+    t = by["trial-3"]
+    assert (t["speedup_t1_b1"], t["from_quantisation_t1_b1"], t["from_shrinking_t1_b1"]) == (6.0, 2.4, 2.5)
+
+
+@pytest.mark.parametrize("acc, met, pick", [(0.84, True, "trial-3"),    # exactly 0.02 below fp32: within
+                                            (0.8399, False, "int8")])   # just below: the int8 checkpoint
+def test_goal_takes_the_fastest_model_within_the_accuracy_drop(acc, met, pick):
+    rows = _rows({"fp32": 20.0, "int8": 10.0, "trial-3": 5.0, "trial-7": 2.0},
+                 {"fp32": 0.86, "int8": 0.855, "trial-3": acc, "trial-7": 0.70})
+    g = df.goal(rows)
+    assert g["fastest_within_drop"] == pick and g["met"] is met
+    assert g["fastest"] == "trial-7" and g["fastest_speedup"] == 10.0
