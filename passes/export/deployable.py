@@ -65,6 +65,7 @@ from ..formats import format_from_spec
 from ..formats.dynamic_int8 import DynamicInt8Format, dynamic_quantize_linear
 from ..transforms.compressed_nodes import get_tensor, linear_mask_node
 from ..transforms.ops import compressed_embedding, compressed_linear, compressed_sdpa
+from .onnx import _Logits  # the graph as forward(*inputs) -> logits, what torch.onnx.export takes
 
 log = logging.getLogger(__name__)
 
@@ -613,16 +614,6 @@ def rewrite(graph: MaseGraph, plan: DeployPlan) -> fx.GraphModule:
 
 
 # ------------------------------------------------------------------------------------ export, fuse, check
-
-
-class _Logits(nn.Module):
-    def __init__(self, gm: fx.GraphModule, names: list[str]):
-        super().__init__()
-        self.gm, self.names = gm, names
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        out = self.gm(**dict(zip(self.names, inputs)))
-        return out.logits if hasattr(out, "logits") else out[0]
 
 
 def check_batches(graph: MaseGraph, seed: int = 0) -> list[dict[str, torch.Tensor]]:
