@@ -10,8 +10,11 @@ The **reference** is fp32 and timed in the same process, interleaved with the ca
 ratio compares like with like on whatever CPU and load the trial met (absolute milliseconds differ
 between CPUs and sessions; ratios are what to compare). It is the pretrained checkpoint, unshrunk and
 uncompressed, when the search starts from one (exported once per process), else the trial's own
-trained graph before compression. Both go through :func:`~passes.export.onnx.export_onnx`'s plain
-fp32 path for the reference and ONNX Runtime with all graph optimisations.
+trained graph before compression. The reference is :func:`~passes.export.onnx.export_onnx`'s plain
+fp32 export (the dynamo exporter), run by ONNX Runtime with all graph optimisations; it has no fused
+Attention, and on MiniLM it ran about 10 % slower than ORT's fused export of the HF model in one
+(loaded) comparison, so a ratio to it flatters int8 by about that much against the strongest fp32
+file (``benchmarks/deploy_speed.py`` times that one).
 
 Timing: batch 1, :data:`SEQ_LEN` tokens, :data:`THREADS` intra-op thread(s) and one inter-op thread;
 :data:`WARMUP` untimed runs of each, then :data:`ROUNDS` rounds of :data:`RUNS` timed runs of one
