@@ -98,6 +98,15 @@ class Exported:
     file_bytes: int
     input_names: list[str]
     hf_config: dict[str, Any]
+    path: Optional[Path] = None
+
+    def with_threads(self, threads: int) -> "Exported":
+        """The same file in a new session with ``threads`` intra-op threads."""
+        from passes.export.deployable import deploy_session
+        from passes.export.onnx import ort_session
+
+        session = (deploy_session if self.kind == "deployable" else ort_session)(self.path, threads)
+        return dataclasses.replace(self, session=session)
 
 
 def export_model(graph: MaseGraph, out: Path, threads: int = THREADS) -> Exported:
@@ -115,7 +124,8 @@ def export_model(graph: MaseGraph, out: Path, threads: int = THREADS) -> Exporte
     session = (deploy_session if deployable else ort_session)(report["path"], threads)
     hf = {**(graph.model_info.get("hf_config") or {}),
           "max_position_embeddings": graph.model_info.get("max_position_embeddings") or SEQ_LEN}
-    return Exported(session, report["kind"], int(report["file_bytes"]), list(report["input_names"]), hf)
+    return Exported(session, report["kind"], int(report["file_bytes"]), list(report["input_names"]), hf,
+                    Path(report["path"]))
 
 
 def runner(model: "Exported", batch: int = 1, seq_len: int = SEQ_LEN) -> Callable[[], Any]:
