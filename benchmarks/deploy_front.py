@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     refs = references(cfg, splits, lifecycle, args.cache)
     rows = [{"model": name, "trial": None, "layers": 6, "heads": "12", "ffn": 1536, "search_latency_ratio": None,
              **r} for name, r in refs.items()] + front_rows(study, lifecycle)
-    fp32 = refs["fp32"]["graph"]
+    fp32 = refs["fp32"]["graph"].eval()  # the rebuild check compares inference outputs
     with tempfile.TemporaryDirectory(prefix="deploy-front-files-") as tmp:
         files = runtime_files(fp32, Path(tmp))
         load_before = os.getloadavg()
