@@ -87,7 +87,7 @@ def references(cfg: Any, splits: Any, lifecycle: Any, cache: Path) -> dict[str, 
         log.info("fine-tuning the unshrunk checkpoint (%d rows, the run's recipe) ...", len(splits.train))
         lifecycle.train_and_eval(fp32, splits, train)
         fp32.save(path)
-    int8 = lifecycle.compress(fp32, cfg.compression, splits)
+    int8 = lifecycle.compress(fp32.copy(), cfg.compression, splits)  # compress works in place: keep fp32
     out = {}
     for name, graph in (("fp32", fp32), ("int8", int8)):
         val = lifecycle.train_and_eval(graph, splits, train, train=False)
@@ -164,12 +164,12 @@ def time_models(graphs: dict[str, Any], files: dict[str, Path], like: Any, threa
 
 
 def speedups(rows: list[dict[str, Any]], key: str, base: str = "fp32") -> None:
-    """Per row: speed-up over the fp32 file ``base`` at ``key`` (e.g. ``t1_b1``), split into quantisation
-    (``base`` -> the unshrunk ``int8``) and shrinking (``int8`` -> the row)."""
+    """Per row: speed-up over the fp32 file ``base`` at ``key`` (e.g. ``t1_b1``); for a front member, split
+    into quantisation (``base`` -> the unshrunk ``int8``) and shrinking (``int8`` -> the member)."""
     ms = {r["model"]: r["timing"][key]["median_ms"] for r in rows}
     for r in rows:
         r[f"speedup_{key}"] = round(ms[base] / ms[r["model"]], 3)
-        if r["model"] not in (base, "fp32"):
+        if r.get("trial") is not None:  # a shrunk front member
             r[f"from_quantisation_{key}"] = round(ms[base] / ms["int8"], 3)
             r[f"from_shrinking_{key}"] = round(ms["int8"] / ms[r["model"]], 3)
 
@@ -236,12 +236,47 @@ def write(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path, study: An
     plot(rows, study, out / "pareto.png")
 
 
+def measure(args: argparse.Namespace, study: Any, cfg: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Steps 1-2 of the module doc: the rows (references, front members, runtime files) with their
+    timings, and the load averages around the timing."""
+    from search.lifecycle import default_lifecycle
+    from search.study import load_data
+
+    lifecycle = default_lifecycle()
+    splits = load_data(cfg, lifecycle)
+    refs = references(cfg, splits, lifecycle, args.cache)
+    unshrunk = {"trial": None, "layers": 6, "heads": "12", "ffn": 1536, "search_latency_ratio": None}
+    rows = [{"model": name, **unshrunk, **r} for name, r in refs.items()] + front_rows(study, lifecycle)
+    fp32 = refs["fp32"]["graph"].eval()  # the rebuild check compares inference outputs
+    with tempfile.TemporaryDirectory(prefix="deploy-front-files-") as tmp:
+        files = runtime_files(fp32, Path(tmp))
+        load_before = os.getloadavg()
+        timed = time_models({r["model"]: r["graph"] for r in rows}, files, fp32, args.threads, args.batches, args.rounds)
+        load_after = os.getloadavg()
+    # the runtime's files hold the same weights as fp32 (checked within 1e-4): no accuracy of their own here
+    rows += [{"model": name, **unshrunk, "val_accuracy": None, "test_accuracy": None} for name in files]
+    for r in rows:
+        r.update(timed[r["model"]])
+    return rows, {"load_average_before": load_before, "load_average_after": load_after}
+
+
+def report(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path, study: Any) -> None:
+    """Step 3: speed-ups over ``fp32_ort``, the goal, and the files under ``out``."""
+    for key in rows[0]["timing"]:
+        speedups(rows, key, base="fp32_ort")
+    meta = {**meta, "goal": goal(rows)}
+    write(rows, meta, out, study)
+    for r in rows:
+        log.info("%10s  L%s H%s I%s  val %s  test %s  x%s (b1 t1)  %.1f MB  %s", r["model"], r["layers"], r["heads"],
+                 r["ffn"], r["val_accuracy"], r["test_accuracy"], r.get("speedup_t1_b1"), r["onnx_bytes"] / 1e6,
+                 r["kind"])
+    log.info("goal: %s", json.dumps(meta["goal"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from deploy_speed import machine_record
     from mase_lite.data import cache_root
-    from search.lifecycle import default_lifecycle
-    from search.study import load_data
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True, help="run folder of the search")
@@ -251,38 +286,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32])
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds per thread count and batch")
     p.add_argument("--cache", type=Path, default=cache_root() / "bench" / "deploy_front")
+    p.add_argument("--render", action="store_true",
+                   help="time nothing: recompute the speed-ups, the goal and the figure from --out/front.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg, study = load_run(args.run, args.study)
-    lifecycle = default_lifecycle()
-    splits = load_data(cfg, lifecycle)
-    refs = references(cfg, splits, lifecycle, args.cache)
-    rows = [{"model": name, "trial": None, "layers": 6, "heads": "12", "ffn": 1536, "search_latency_ratio": None,
-             **r} for name, r in refs.items()] + front_rows(study, lifecycle)
-    fp32 = refs["fp32"]["graph"].eval()  # the rebuild check compares inference outputs
-    with tempfile.TemporaryDirectory(prefix="deploy-front-files-") as tmp:
-        files = runtime_files(fp32, Path(tmp))
-        load_before = os.getloadavg()
-        timed = time_models({r["model"]: r["graph"] for r in rows}, files, fp32, args.threads, args.batches, args.rounds)
-        load_after = os.getloadavg()
-    rows += [{"model": "fp32_ort", "trial": None, "layers": 6, "heads": "12", "ffn": 1536, "search_latency_ratio": None,
-              "val_accuracy": None, "test_accuracy": None},  # the same weights as fp32 (checked within 1e-4)
-             {"model": "anchor", "trial": None, "layers": 6, "heads": "12", "ffn": 1536, "search_latency_ratio": None,
-              "val_accuracy": None, "test_accuracy": None}]
-    for r in rows:
-        r.update(timed[r["model"]])
-    for key in rows[0]["timing"]:
-        speedups(rows, key, base="fp32_ort")
-    meta = {"run": str(args.run), "study": study.study_name, "machine": machine_record(),
-            "load_average_before": load_before, "load_average_after": load_after,
-            "command": "python benchmarks/deploy_front.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "goal": goal(rows)}
-    write(rows, meta, args.out, study)
-    for r in rows:
-        print(f"{r['model']:>10}  L{r['layers']} H{r['heads']} I{r['ffn']}  val {r['val_accuracy']}  "
-              f"test {r['test_accuracy'] if r['test_accuracy'] is None else round(r['test_accuracy'], 4)}  "
-              f"x{r.get('speedup_t1_b1')} (b1 t1)  {r['onnx_bytes'] / 1e6:.1f} MB  {r['kind']}")
-    print(json.dumps(meta["goal"], indent=1))
+    if args.render:
+        saved = json.loads((args.out / "front.json").read_text())
+        rows = [{k: v for k, v in r.items() if not k.startswith(("speedup_", "from_"))} for r in saved.pop("rows")]
+        report(rows, {k: v for k, v in saved.items() if k != "goal"}, args.out, study)
+        return 0
+    rows, loads = measure(args, study, cfg)
+    meta = {"run": str(args.run), "study": study.study_name, "machine": machine_record(), **loads,
+            "command": "python benchmarks/deploy_front.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    report(rows, meta, args.out, study)
     return 0
 
 

@@ -220,7 +220,8 @@ class Lifecycle:
 
     def compress(self, graph: MaseGraph, pipeline: dict[str, Any], splits: Any = None, *,
                  calibration_batches: int = 8, seed: int = 0) -> MaseGraph:
-        """Run the compression pipeline (``{"passes": ...}``) on ``graph``. When it needs calibrated
+        """Run the compression pipeline (``{"passes": ...}``) on ``graph``, in place: the returned graph
+        is ``graph``, changed (pass ``graph.copy()`` to keep the original). When it needs calibrated
         ranges (integer ``"auto"`` or scaled-integer activations), ``calibrate`` runs first on
         ``calibration_batches`` seeded batches of ``splits.train`` (without ``splits``: one
         ConfigError); see :func:`passes.analysis.calibrate.with_calibration`."""

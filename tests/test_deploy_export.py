@@ -134,6 +134,23 @@ def test_a_model_that_fails_the_check_is_an_error_and_no_file(tmp_path, monkeypa
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["keep.txt"]
 
 
+@pytest.mark.parametrize("deployable", [False, True])
+def test_both_exports_refuse_a_file_target_and_a_missing_extra(tmp_path, monkeypatch, deployable):
+    from passes.export import onnx as onnx_export
+
+    g = tiny_graph()
+    run_pass(g, "quantize", DEPLOY if deployable else LINEAR_8_4)
+    target = tmp_path / "model"
+    target.write_text("not a folder")
+    with pytest.raises(MaseError, match=r"export target .*model exists and is not a directory"):
+        onnx_export.export_onnx(g, target, deployable=deployable)
+    assert target.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    monkeypatch.setattr(onnx_export, "onnx_available", lambda: False)
+    with pytest.raises(MaseError, match=r"needs the deploy extra: pip install 'mase-lite\[deploy\]'"):
+        onnx_export.export_onnx(g, tmp_path / "e", deployable=deployable)
+    assert not (tmp_path / "e").exists()
+
+
 def test_simulation_export_is_labelled_as_such(tmp_path):
     from passes.export import export_graph
 

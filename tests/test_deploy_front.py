@@ -15,16 +15,20 @@ _spec.loader.exec_module(df)
 
 
 def _rows(ms: dict[str, float], test: dict[str, float]) -> list[dict]:
-    rows = [{"model": m, "timing": {"t1_b1": {"median_ms": v}}, "test_accuracy": test[m]} for m, v in ms.items()]
+    rows = [{"model": m, "trial": int(m[6:]) if m.startswith("trial-") else None, "timing": {"t1_b1": {"median_ms": v}},
+             "test_accuracy": test.get(m)} for m, v in ms.items()]
     df.speedups(rows, "t1_b1")
     return rows
 
 
 def test_speedup_is_quantisation_times_shrinking():
-    rows = _rows({"fp32": 24.0, "int8": 10.0, "trial-3": 4.0}, {"fp32": 0.86, "int8": 0.85, "trial-3": 0.80})
+    rows = _rows({"fp32": 24.0, "int8": 10.0, "trial-3": 4.0, "anchor": 9.0},
+                 {"fp32": 0.86, "int8": 0.85, "trial-3": 0.80})
     by = {r["model"]: r for r in rows}
-    assert by["fp32"]["speedup_t1_b1"] == 1.0 and "from_quantisation_t1_b1" not in by["fp32"]
-    assert by["int8"]["speedup_t1_b1"] == 2.4 and by["int8"]["from_shrinking_t1_b1"] == 1.0
+    assert by["fp32"]["speedup_t1_b1"] == 1.0 and by["int8"]["speedup_t1_b1"] == 2.4
+    assert by["anchor"]["speedup_t1_b1"] == round(24 / 9, 3)
+    for name in ("fp32", "int8", "anchor"):  # only a shrunk front member is split
+        assert not {k for k in by[name] if k.startswith("from_")}, name
     t = by["trial-3"]
     assert (t["speedup_t1_b1"], t["from_quantisation_t1_b1"], t["from_shrinking_t1_b1"]) == (6.0, 2.4, 2.5)
 

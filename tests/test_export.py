@@ -153,6 +153,8 @@ def test_quantised_tensors_are_stored_as_codes_not_fp32(lab2_export):
         for part in q["arrays"].values():
             assert f.get_tensor(part["key"]).dtype == torch.uint8
     assert not any(k.startswith("bert.encoder") and k.endswith("/values") for k in keys if "LayerNorm" not in k)
+    with safe_open(out / "weights.safetensors", "pt") as f:  # one key: safetensors orders a map at random
+        assert f.metadata() == {"mase-lite-export": str(manifest["format_version"])}
     assert manifest["format_version"] == 1 and manifest["model"]["class"] == "BertForSequenceClassification"
     assert manifest["model"]["output_type"].endswith("SequenceClassifierOutput")
     assert [h["name"] for h in manifest["history"]] == ["quantize", "prune"]

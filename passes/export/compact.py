@@ -73,6 +73,14 @@ def is_export_dir(path: str | Path) -> bool:
 # ------------------------------------------------------------------------------------------- model
 
 
+def export_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a Path for an export; one MaseError when it exists and is not a directory."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MaseError(f"export target {out} exists and is not a directory")
+    return out
+
+
 def model_record(graph: MaseGraph) -> dict[str, Any]:
     """What :func:`load_export` needs to rebuild the program: the transformers class and config."""
     from ..transforms.compressed_nodes import is_attention
@@ -267,9 +275,7 @@ def export_compact(graph: MaseGraph, out_dir: str | Path) -> dict[str, Any]:
     from ..pipeline import run_pass
 
     model = model_record(graph)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MaseError(f"export target {out} exists and is not a directory")
+    out = export_dir(out_dir)
     arrays, tensors = _encode_state(graph)
     compressed = any(e["format"] is not None or "mask_name" in e for e in tensors.values())
     manifest = {
@@ -282,7 +288,9 @@ def export_compact(graph: MaseGraph, out_dir: str | Path) -> dict[str, Any]:
         "tensors": tensors,
     }
     out.mkdir(parents=True, exist_ok=True)
-    save_file(arrays, str(out / WEIGHTS), metadata={"kind": KIND, "format_version": str(EXPORT_FORMAT_VERSION)})
+    # one metadata key: safetensors writes the metadata map in a random order, and the file must be
+    # byte-reproducible (export.json is the manifest; this only marks the file as ours)
+    save_file(arrays, str(out / WEIGHTS), metadata={KIND: str(EXPORT_FORMAT_VERSION)})
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     report = size_report(graph, tensors, run_pass)
     report.update(out_dir=str(out), compressed=compressed,

@@ -776,15 +776,12 @@ def export_deployable(graph: MaseGraph, out_dir: str | Path, *, opset: int = OPS
     ``batches``: what the check feeds both the simulation and ONNX Runtime (default
     :func:`check_batches`). A graph that cannot be made fast, or a model that fails the check, is one
     MaseError and leaves ``out_dir`` as it was."""
-    from .onnx import onnx_available
+    from .compact import export_dir
+    from .onnx import require_deploy_extra
 
-    if not onnx_available():
-        raise MaseError("ONNX export needs the deploy extra: pip install 'mase-lite[deploy]' "
-                        "(onnx, onnxruntime, onnxscript)")
+    require_deploy_extra()
     plan = check_deployable(graph)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MaseError(f"export target {out} exists and is not a directory")
+    out = export_dir(out_dir)
     graph = graph.copy()
     graph.eval()
     batches = batches or check_batches(graph)

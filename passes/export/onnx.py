@@ -55,6 +55,7 @@ from mase_lite.errors import MaseError
 from mase_lite.graph import MaseGraph
 
 from ..formats import format_from_spec
+from .compact import export_dir
 from ..formats.integer import IntegerFormat, QSpec
 from ..transforms.compressed_nodes import SHARED_INPUT_MARK, get_tensor, linear_mask_node
 from ..transforms.ops import compressed_embedding, compressed_linear, compressed_sdpa, quantize_prune_input
@@ -87,6 +88,13 @@ def onnx_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def require_deploy_extra() -> None:
+    """One MaseError naming the ``deploy`` extra unless :func:`onnx_available`."""
+    if not onnx_available():
+        raise MaseError("ONNX export needs the deploy extra: pip install 'mase-lite[deploy]' "
+                        "(onnx, onnxruntime, onnxscript)")
 
 
 # ------------------------------------------------------------------------------- custom ops (torch side)
@@ -450,13 +458,9 @@ def export_onnx(graph: MaseGraph, out_dir: str | Path, *, opset: int = OPSET, de
         return export_deployable(graph, out_dir, opset=opset, **options)
     if options:
         raise TypeError(f"unexpected options for the simulation ONNX export: {sorted(options)}")
-    if not onnx_available():
-        raise MaseError("ONNX export needs the deploy extra: pip install 'mase-lite[deploy]' "
-                        "(onnx, onnxruntime, onnxscript)")
+    require_deploy_extra()
     compressed_nodes = check_exportable(graph)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MaseError(f"export target {out} exists and is not a directory")
+    out = export_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     graph = graph.copy()
     graph.eval()
