@@ -19,6 +19,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Under pytest-xdist the workers share the cores: each gets its share of intra-op threads (torch's
+# default, one per core in every worker, oversubscribes them); subprocesses inherit it.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,3 +231,10 @@ def postgres_url(postgres_server):
         with admin.connect() as con:
             con.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def pytest_configure(config):
+    if _WORKERS > 1:  # in case torch was imported before this file set OMP_NUM_THREADS
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -272,11 +272,10 @@ def test_minilm_with_a_head_on_frozen_features_agrees_on_300_imdb_rows(imdb_300,
     run_pass(graph, "quantize", DEPLOY)
     report, sess = _deployed(graph, tmp_path)
     assert report["ops"]["com.microsoft.QAttention"] == 6 and report["ops"]["com.microsoft.DynamicQuantizeMatMul"] == 19
-    _check_real_rows(graph, sess, splits.test, splits.pad_id, "MiniLM")
-    from mase_lite.training import evaluate
-
-    acc = evaluate(graph, splits.test, batch_size=32, precision="fp32", pad_id=splits.pad_id).accuracy
-    print(f"MiniLM int8 (simulation) accuracy on 300 IMDb test rows: {acc:.3f}")
+    res = _check_real_rows(graph, sess, splits.test, splits.pad_id, "MiniLM")["batch 32 padded to 128"]
+    labels = [int(splits.test[i]["labels"]) for i in range(len(splits.test))]
+    acc = np.mean(np.array(res["labels"]) == np.array(labels))
+    print(f"MiniLM int8 (simulation, batch 32 padded) accuracy on 300 IMDb test rows: {acc:.3f}")
     assert acc > 0.65  # a real classifier, not chance
 
 

@@ -33,6 +33,16 @@ from conftest import make_tiny_bert
 FAST = dict(progress=False, num_threads=1)
 
 
+@pytest.fixture
+def two_threads():
+    """torch at 2 intra-op threads during the test (the suite's workers run at 1: tests/conftest.py), so
+    that training at num_threads = 1 must change the count and put it back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 class ToyClassifier(nn.Module):
     """Summed embeddings -> dropout -> linear, with the HF call convention."""
 
@@ -177,7 +187,7 @@ def test_gradients_are_clipped(max_norm):
 # --------------------------------------------------------------------------- callbacks
 
 
-def test_callback_every_k_steps_with_evaluate(tiny_splits):
+def test_callback_every_k_steps_with_evaluate(tiny_splits, two_threads):
     model = make_tiny_bert()
     calls = []
 
@@ -204,7 +214,7 @@ def test_callback_at_epoch_ends_by_default():
     assert steps == [(3, 1.0), (6, 2.0), (9, 3.0)]
 
 
-def test_callback_exception_propagates_and_state_is_restored():
+def test_callback_exception_propagates_and_state_is_restored(two_threads):
     model = ToyClassifier(dropout=0.5)
     model.eval()
     before = torch.get_num_threads()

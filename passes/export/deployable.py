@@ -636,7 +636,8 @@ def check_batches(graph: MaseGraph, seed: int = 0) -> list[dict[str, torch.Tenso
 
 def compare(graph: MaseGraph, session: Any, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
     """Labels and logits of ONNX Runtime ``session`` against the simulation (``graph``) on ``batches``,
-    each fed as it is to both: rows, agreeing labels, max |logit difference|, max |logit|."""
+    each fed as it is to both: rows, agreeing labels, max |logit difference|, max |logit|, and per row the
+    simulated label, its margin (top two logits) and whether the runtime disagrees."""
     import numpy as np
 
     graph.eval()
@@ -651,7 +652,8 @@ def compare(graph: MaseGraph, session: Any, batches: list[dict[str, torch.Tensor
     return {"rows": len(sim), "labels_agree": int((sim.argmax(-1) == ort.argmax(-1)).sum()),
             "max_logit_diff": float(np.abs(sim - ort).max()), "max_abs_logit": float(np.abs(sim).max()),
             "median_row_diff": float(np.median(np.abs(sim - ort).max(-1))),
-            "margins": (top2[:, 1] - top2[:, 0]).tolist(), "disagree": (sim.argmax(-1) != ort.argmax(-1)).tolist()}
+            "labels": sim.argmax(-1).tolist(), "margins": (top2[:, 1] - top2[:, 0]).tolist(),
+            "disagree": (sim.argmax(-1) != ort.argmax(-1)).tolist()}
 
 
 def _within(result: dict[str, Any], atol: float, rtol: float) -> bool:
@@ -817,6 +819,6 @@ def _report(out: Path, work: Path, plan: DeployPlan, fused: dict[str, int], conf
             "plan": plan.summary(), "ort_fusions": fused, "ops": op_histogram(work / ONNX_FILE),
             "file_bytes": (work / ONNX_FILE).stat().st_size, "input_names": list(graph.input_names),
             "output_names": ["logits"], "session_config": config,
-            "check": {**{k: v for k, v in result.items() if k not in ("margins", "disagree")},
+            "check": {**{k: v for k, v in result.items() if k not in ("labels", "margins", "disagree")},
                       "atol": LOGIT_ATOL, "rtol": LOGIT_RTOL},
             "export_s": round(seconds, 2)}

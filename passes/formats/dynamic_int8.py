@@ -95,13 +95,14 @@ def dynamic_quantize_linear(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if x32.numel() == 0:
         one = torch.ones((), dtype=torch.float32, device=x.device)
         return x32, one, torch.zeros((), dtype=torch.float32, device=x.device)
-    lo = torch.clamp(x32.min(), max=0.0)
-    hi = torch.clamp(x32.max(), min=0.0)
+    lo, hi = torch.aminmax(x32)
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
     scale = (hi - lo) / UINT8_MAX
     scale = torch.where(hi == lo, torch.ones_like(scale), scale)
     zp = torch.round(torch.clamp(0.0 - lo / scale, 0.0, float(UINT8_MAX)))
-    u = torch.round(x32 / scale).add_(zp).clamp_(0.0, float(UINT8_MAX))
-    return u.sub_(zp), scale, zp
+    # clamp(round(x / scale) + zp, 0, 255) - zp, in two passes: every value is a small integer, exact in float32
+    centred = torch.div(x32, scale).round_().clamp_(min=-zp, max=UINT8_MAX - zp)
+    return centred, scale, zp
 
 
 def dynamic_quantize_linear_reference(x: Tensor) -> tuple[Tensor, float, int]:
