@@ -55,11 +55,11 @@ from mase_lite.errors import MaseError
 from mase_lite.graph import MaseGraph
 
 from ..formats import format_from_spec
-from .compact import export_dir
 from ..formats.integer import IntegerFormat, QSpec
 from ..transforms.compressed_nodes import SHARED_INPUT_MARK, get_tensor, linear_mask_node
 from ..transforms.ops import compressed_embedding, compressed_linear, compressed_sdpa, quantize_prune_input
 from ..transforms.sparsity import num_to_prune
+from .compact import export_dir
 
 log = logging.getLogger(__name__)
 
