@@ -23,6 +23,8 @@ int8) and shrinking (unshrunk int8 -> the member): ``total = quantisation x shri
 
     MASE_LITE_DATA=/work/shared/data python benchmarks/deploy_front.py --run /tmp/deploy-shrink \\
         --out docs/results/deploy_front
+
+``--render`` times nothing: it recomputes the speed-ups, the goal and the figure from ``--out``/front.json.
 """
 
 from __future__ import annotations
