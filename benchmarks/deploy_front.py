@@ -193,7 +193,8 @@ def goal(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot(rows: list[dict[str, Any]], study: Any, path: Path) -> None:
-    """Validation (selected on) and test accuracy against the speed-up over fp32 (batch 1, 1 thread)."""
+    """Validation (selected on) and test accuracy against the speed-up over fp32 (batch 1, 1 thread);
+    every trial of ``study`` (None: none) in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,9 +202,10 @@ def plot(rows: list[dict[str, Any]], study: Any, path: Path) -> None:
     from optuna.trial import TrialState
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    others = [t for t in study.get_trials(states=(TrialState.COMPLETE,))]
-    ax.scatter([1 / t.values[1] for t in others], [t.values[0] for t in others], c="0.75", s=18,
-               label="every trial (validation; search's own latency ratio)")
+    others = [] if study is None else study.get_trials(states=(TrialState.COMPLETE,))
+    if others:
+        ax.scatter([1 / t.values[1] for t in others], [t.values[0] for t in others], c="0.75", s=18,
+                   label="every trial (validation; search's own latency ratio)")
     front = [r for r in rows if r["model"].startswith("trial-")]
     x = [r["speedup_t1_b1"] for r in front]
     ax.plot(x, [r["val_accuracy"] for r in front], "o", c="C0", label="front: validation (selected on)")
@@ -247,15 +249,18 @@ def measure(args: argparse.Namespace, study: Any, cfg: Any) -> tuple[list[dict[s
     lifecycle = default_lifecycle()
     splits = load_data(cfg, lifecycle)
     refs = references(cfg, splits, lifecycle, args.cache)
-    unshrunk = {"trial": None, "layers": 6, "heads": "12", "ffn": 1536, "search_latency_ratio": None}
-    rows = [{"model": name, **unshrunk, **r} for name, r in refs.items()] + front_rows(study, lifecycle)
     fp32 = refs["fp32"]["graph"].eval()  # the rebuild check compares inference outputs
+    hf = fp32.model_info["hf_config"]
+    unshrunk = {"trial": None, "layers": hf["num_hidden_layers"], "heads": str(hf["num_attention_heads"]),
+                "ffn": hf["intermediate_size"], "search_latency_ratio": None}
+    rows = [{"model": name, **unshrunk, **r} for name, r in refs.items()] + front_rows(study, lifecycle)
     with tempfile.TemporaryDirectory(prefix="deploy-front-files-") as tmp:
         files = runtime_files(fp32, Path(tmp))
         load_before = os.getloadavg()
         timed = time_models({r["model"]: r["graph"] for r in rows}, files, fp32, args.threads, args.batches, args.rounds)
         load_after = os.getloadavg()
-    # the runtime's files hold the same weights as fp32 (checked within 1e-4): no accuracy of their own here
+    # no accuracy measured here: fp32_ort holds fp32's weights (its eager rebuild matched the graph within
+    # 1e-4); the anchor's int8 accuracy is measured by benchmarks/deploy_speed.py
     rows += [{"model": name, **unshrunk, "val_accuracy": None, "test_accuracy": None} for name in files]
     for r in rows:
         r.update(timed[r["model"]])
@@ -281,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     from mase_lite.data import cache_root
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", type=Path, required=True, help="run folder of the search")
+    p.add_argument("--run", type=Path, help="run folder of the search (with --render: optional, for the grey "
+                   "dots of every trial)")
     p.add_argument("--study", help="study name (default: the run's only study)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "deploy_front")
     p.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
@@ -292,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="time nothing: recompute the speed-ups, the goal and the figure from --out/front.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg, study = load_run(args.run, args.study)
+    if args.run is None and not args.render:
+        p.error("--run is required (unless --render)")
+    cfg, study = load_run(args.run, args.study) if args.run is not None else (None, None)
     if args.render:
         saved = json.loads((args.out / "front.json").read_text())
         rows = [{k: v for k, v in r.items() if not k.startswith(("speedup_", "from_"))} for r in saved.pop("rows")]

@@ -44,7 +44,11 @@ def cpu_flags() -> frozenset[str]:
 
 
 def default_num_threads() -> int:
-    """The number of CPUs this process may run on."""
+    """``$OMP_NUM_THREADS`` when it is a positive integer (as torch reads it), else the number of CPUs
+    this process may run on."""
+    raw = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -22,8 +22,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Under pytest-xdist the workers share the cores: each gets its share of intra-op threads (torch's
 # default, one per core in every worker, oversubscribes them); subprocesses inherit it.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+_SET_THREADS = _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ
+if _SET_THREADS:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
 
 import pytest  # noqa: E402
 
@@ -234,7 +235,7 @@ def postgres_url(postgres_server):
 
 
 def pytest_configure(config):
-    if _WORKERS > 1:  # in case torch was imported before this file set OMP_NUM_THREADS
+    if _SET_THREADS:  # in case torch was imported before this file set OMP_NUM_THREADS
         import torch
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

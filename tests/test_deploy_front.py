@@ -41,3 +41,23 @@ def test_goal_takes_the_fastest_model_within_the_accuracy_drop(acc, met, pick):
     g = df.goal(rows)
     assert g["fastest_within_drop"] == pick and g["met"] is met
     assert g["fastest"] == "trial-7" and g["fastest_speedup"] == 10.0
+
+
+def test_render_recomputes_the_committed_speedups_and_goal_from_the_timings(tmp_path):
+    import json
+    import shutil
+
+    committed = ROOT / "docs" / "results" / "deploy_front"
+    shutil.copy(committed / "front.json", tmp_path / "front.json")
+    assert df.main(["--render", "--out", str(tmp_path)]) == 0  # no study: the figure without the grey dots
+    old, new = (json.loads((d / "front.json").read_text()) for d in (committed, tmp_path))
+    assert new["goal"] == old["goal"] and new["command"] == old["command"]
+    for a, b in zip(old["rows"], new["rows"]):
+        derived = {k for k in a if k.startswith(("speedup_", "from_"))}
+        assert derived and derived == {k for k in b if k.startswith(("speedup_", "from_"))}
+        assert all(a[k] == b[k] for k in derived), a["model"]
+    fp32 = next(r for r in new["rows"] if r["model"] == "fp32_ort")["timing"]["t1_b1"]["median_ms"]
+    trial = next(r for r in new["rows"] if r["model"] == "trial-7")
+    assert trial["speedup_t1_b1"] == round(fp32 / trial["timing"]["t1_b1"]["median_ms"], 3)
+    assert (tmp_path / "front.csv").read_text().count("\n") == len(new["rows"]) + 1
+    assert (tmp_path / "pareto.png").stat().st_size > 10_000

@@ -140,6 +140,21 @@ def test_loaded_export_is_bit_identical_with_masks_kept(lab2_export):
     assert back.history == g.history
 
 
+def test_export_is_byte_reproducible_and_refuses_a_file_target(lab2_export, tmp_path):
+    import hashlib
+
+    g, _, out = lab2_export
+    export_graph(g, tmp_path / "again")
+    for name in ("weights.safetensors", "export.json"):
+        digests = {hashlib.sha256((d / name).read_bytes()).hexdigest() for d in (out, tmp_path / "again")}
+        assert len(digests) == 1, name
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(MaseError, match=r"export target .*file exists and is not a directory"):
+        export_graph(g, target)
+    assert target.read_text() == "x"
+
+
 def test_quantised_tensors_are_stored_as_codes_not_fp32(lab2_export):
     g, _, out = lab2_export
     manifest = json.loads((out / "export.json").read_text())

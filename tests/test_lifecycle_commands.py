@@ -64,11 +64,9 @@ def test_a_lifecycle_holds_no_data_and_compress_is_given_its_splits(monkeypatch)
     with pytest.raises(ConfigError, match="calibrate needs data"):  # no hidden fallback to the loaded splits
         lc.compress(lc.build(SMALL), SCALED)
     built = lc.build(SMALL)
-    kept = built.copy()
     graph = lc.compress(built, SCALED, splits, calibration_batches=2)
     assert [name for name, _ in graph.history] == ["calibrate", "quantize"]
-    # in place, as documented: the returned graph is the one given (pass a copy to keep the original)
-    assert graph is built and kept.history == []  # the copy is untouched
+    assert graph is built  # in place, as documented (pass a copy to keep the original)
 
 
 def test_lifecycle_steps_build_what_they_are_asked():

@@ -100,7 +100,8 @@ def dynamic_quantize_linear(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     scale = (hi - lo) / UINT8_MAX
     scale = torch.where(hi == lo, torch.ones_like(scale), scale)
     zp = torch.round(torch.clamp(0.0 - lo / scale, 0.0, float(UINT8_MAX)))
-    # clamp(round(x / scale) + zp, 0, 255) - zp, in two passes: every value is a small integer, exact in float32
+    # clamp(round(x / scale) + zp, 0, 255) - zp in three passes, not five: every value is a small integer,
+    # exact in float32 (a zero code may come out as -0.0: the same value)
     centred = torch.div(x32, scale).round_().clamp_(min=-zp, max=UINT8_MAX - zp)
     return centred, scale, zp
 
