@@ -166,6 +166,14 @@ def test_transform_takes_one_model_source(tmp_path, capsys):
     assert "give either --checkpoint or a [model] table, not both" in capsys.readouterr().err
 
 
+def test_transform_refuses_a_file_out_before_any_work(recording, tmp_path, capsys):
+    (tmp_path / "t.toml").write_text(MODEL_TOML + '[data]\nn_val = 8\n' + QUANTIZE_TOML)
+    (tmp_path / "o").write_text("kept")
+    assert main(["transform", "--config", str(tmp_path / "t.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert f"--out {tmp_path / 'o'} exists and is not a directory" in capsys.readouterr().err
+    assert recording == [] and (tmp_path / "o").read_text() == "kept"  # nothing built, trained or written
+
+
 def test_one_storage_helper(tmp_path):
     from mase_lite.commands.common import storage_url
     from search.storage import default_storage_url

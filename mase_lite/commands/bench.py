@@ -137,13 +137,12 @@ def run_replay(args: argparse.Namespace) -> int:
     from mase_lite.errors import ConfigError
     from search.bench import plots
     from search.bench.replay import replay_many
-    from search.bench.stats import analyse, format_summary, to_jsonable, valid_budgets
+    from search.bench.stats import analyse, format_summary, preregistered, to_jsonable, valid_budgets
     from search.bench.table import METRIC_COLUMNS, VARIANT_METRICS, BenchTable, check_compatible
     from search.config import load_run_config
     from search.samplers import parse_sampler
 
-    from search.bench.stats import preregistered
-
+    from .common import check_out_dir
     from .search import parse_overrides
 
     table = BenchTable.load(args.table)
@@ -152,8 +151,7 @@ def run_replay(args: argparse.Namespace) -> int:
     workers = _positive_int("--workers", args.workers) if args.workers is not None else None
     if args.metric is not None:
         check_choice("--metric", args.metric, list(METRIC_COLUMNS))
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} exists and is not a directory")
+    check_out_dir(args.out)
     cfg = load_run_config(args.config, parse_overrides(args.overrides))
     metrics = [args.metric] if args.metric else list(dict.fromkeys(VARIANT_METRICS[v] for v in cfg.search.variants))
     check_compatible(table, cfg, cfg.search.samplers, metrics)

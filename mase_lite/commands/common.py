@@ -90,6 +90,12 @@ def model_from_args(args: argparse.Namespace, section: dict[str, Any] | None = N
     return lc.model(model_config_from_args(args, section))
 
 
+def check_out_dir(path: Path | None, option: str = "--out") -> None:
+    """A command's output folder may be missing (it is created) or a folder; a file there is one ConfigError."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} exists and is not a directory")
+
+
 def storage_url(run_dir: Path | None, storage: str | None, *, new: bool = False) -> str | None:
     """The Optuna storage of a command's studies: ``--storage`` if given, else the run folder's.
 
@@ -102,8 +108,7 @@ def storage_url(run_dir: Path | None, storage: str | None, *, new: bool = False)
     from search.storage import default_storage_url
 
     if new:
-        if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
-            raise ConfigError(f"--out {run_dir} exists and is not a directory")
+        check_out_dir(run_dir)
         return storage
     if storage is not None or run_dir is None:
         return storage

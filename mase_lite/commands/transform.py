@@ -35,7 +35,7 @@ from typing import Any, Literal, Optional
 from ..config import Config, check_range, load_toml
 from ..data import DataConfig
 from ..errors import ConfigError
-from .common import add_model_args, lifecycle, model_config_from_args, model_from_args
+from .common import add_model_args, check_out_dir, lifecycle, model_config_from_args, model_from_args
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,8 @@ def _print_report(report: dict[str, Any], cost: dict[str, Any], out: Path) -> No
 
 def run(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    out = Path(args.out)
+    check_out_dir(out)  # before any work, not after it
     lc = lifecycle()
     checkpoint = args.checkpoint or (Path(cfg.checkpoint) if cfg.checkpoint else None)
     saved = getattr(args, "graph", None)
@@ -231,9 +233,6 @@ def run(args: argparse.Namespace) -> int:
     report = _report(graph, cost, infos, checkpoint, saved)
     if cfg.data is not None and not args.no_eval:
         report["evaluation"] = _evaluation(graph, splits, cfg, lc)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
     graph.save(out / "graph")
     (out / "report.json").write_text(json.dumps(_jsonable(report), indent=2))
     _print_report(report, cost, out)

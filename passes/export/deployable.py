@@ -65,7 +65,7 @@ from ..formats import format_from_spec
 from ..formats.dynamic_int8 import DynamicInt8Format, dynamic_quantize_linear
 from ..transforms.compressed_nodes import get_tensor, linear_mask_node
 from ..transforms.ops import compressed_embedding, compressed_linear, compressed_sdpa
-from .onnx import _Logits  # the graph as forward(*inputs) -> logits, what torch.onnx.export takes
+from .onnx import _Logits, op_histogram  # _Logits: the graph as forward(*inputs) -> logits
 
 log = logging.getLogger(__name__)
 
@@ -716,17 +716,6 @@ def _self_check(graph: MaseGraph, gm: fx.GraphModule, batches: list[dict[str, to
                 raise MaseError(f"deployable export: the rewritten graph differs from the simulation by {diff:.3g} in "
                                 "the logits before ONNX export (an attention whose mask or head layout is not the "
                                 "padding-mask QAttention computes?); nothing was written")
-
-
-def op_histogram(path: str | Path) -> dict[str, int]:
-    """``{op_type: count}`` of an ONNX file's nodes (with the domain for non-ONNX ops)."""
-    import onnx
-
-    counts: dict[str, int] = {}
-    for n in onnx.load(str(path), load_external_data=False).graph.node:
-        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-        counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 #: The session option that makes ONNX Runtime's u8 x s8 kernels exact on x86 CPUs without VNNI

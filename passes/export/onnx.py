@@ -484,12 +484,7 @@ def export_onnx(graph: MaseGraph, out_dir: str | Path, *, opset: int = OPSET, de
     path = out / ONNX_FILE
     program.save(str(path))
     seconds = time.perf_counter() - t0
-    import onnx
-
-    model = onnx.load(str(path))
-    ops: dict[str, int] = {}
-    for n in model.graph.node:
-        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    ops = op_histogram(path)
     report = {"format": "onnx", "kind": "simulation", "path": str(path), "opset": opset,
               "compressed": bool(compressed_nodes),
               "compressed_nodes": compressed_nodes, "file_bytes": path.stat().st_size, "ops": ops,
@@ -498,6 +493,17 @@ def export_onnx(graph: MaseGraph, out_dir: str | Path, *, opset: int = OPSET, de
     (out / "onnx.json").write_text(json.dumps(report, indent=1))
     log.info("onnx export: %s (%d bytes, %.1f s)", path, report["file_bytes"], seconds)
     return report
+
+
+def op_histogram(path: str | Path) -> dict[str, int]:
+    """``{op_type: count}`` of an ONNX file's nodes (with the domain for non-ONNX ops)."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for n in onnx.load(str(path), load_external_data=False).graph.node:
+        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 #: ONNX Runtime graph optimisers to switch off. QDQ propagation (1.32) moves a QuantizeLinear past a
