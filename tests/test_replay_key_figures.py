@@ -49,3 +49,31 @@ def test_a_missing_stats_file_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "x.csv").exists()
     with open(RESULTS / "key_figures.csv") as f:
         assert next(csv.reader(f)) == kf.COLUMNS
+
+
+# ------------------------------------------------------------------ benchmarks/task2_figures.py
+
+_spec2 = importlib.util.spec_from_file_location("task2_figures", ROOT / "benchmarks" / "task2_figures.py")
+t2 = importlib.util.module_from_spec(_spec2)
+_spec2.loader.exec_module(t2)
+
+
+def test_the_committed_task2_figures_are_what_the_committed_trials_give(capsys):
+    assert t2.main([str(ROOT / "docs" / "results" / "lab2_task2_trials.csv")]) == 0
+    assert capsys.readouterr().out == (ROOT / "docs" / "results" / "lab2_task2_figures.txt").read_text()
+
+
+def test_task2_figures_of_two_hand_made_trials():
+    def row(i, tr, co, ft, nz, cb):
+        return {"trial": str(i), "best": str(i == 1), "accuracy": str(ft), "test_accuracy": "0.8", "accuracy_trained": str(tr),
+                "accuracy_compressed": str(co), "accuracy_finetuned": str(ft), "cost.nonzero_non_embedding": str(nz),
+                "cost.params_non_embedding": "100", "cost.size_bytes_fp32_non_embedding": "400",
+                "cost.size_bytes_compressed_non_embedding": str(cb)}
+
+    lines = t2.variant_lines("s", [row(0, 0.75, 0.70, 0.75, 20, 40), row(1, 0.80, 0.81, 0.85, 10, 50)])
+    assert lines[1] == "  best #1: validation 0.85 (selected on), test 0.8"
+    assert lines[2] == "  compressed - trained: mean -0.020, range -0.050 to +0.010; 1 of 2 lost accuracy"
+    assert lines[3] == "  fine-tuned - compressed: mean +0.045, range +0.040 to +0.050; 2 of 2 improved"
+    assert lines[4].endswith("1 of 2 above, 1 equal")
+    assert lines[5:] == ["  effective sparsity (non-embedding): 80.0% to 90.0%",
+                         "  non-embedding weights 8.0x to 10.0x smaller than fp32"]
