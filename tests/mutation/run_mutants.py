@@ -88,7 +88,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 BACKUP_SUFFIX = ".mutation-backup"
 #: what a private copy of the repository holds
-COPY_ITEMS = ("passes", "search", "mase_lite", "tests", "setup.cfg", "pyproject.toml", "README.md", "examples")
+COPY_ITEMS = ("passes", "search", "mase_lite", "tests", "setup.cfg", "pyproject.toml", "README.md", "examples",
+              "benchmarks", "docs")  # benchmark scripts and the committed results some tests read
 #: statuses counted as caught
 CAUGHT = ("caught", "timeout")
 
