@@ -250,6 +250,33 @@ def test_schema1_tables_still_load_and_replay_on_held_out_seeds(name):
     check_compatible(t, cfg)  # n_test does not matter for a table without test columns
 
 
+def test_the_committed_held_out_table_is_the_pre_registered_one():
+    """benchmarks/tables/lab2-heldout: every row of the plan, schema 2 with real test columns, and the
+    manifest's pre-registration is the config's [bench] table (the config cannot drift from the table)."""
+    from search.bench.build import preregistration
+    from search.config import load_run_config
+
+    t = BenchTable.load(REPO / "benchmarks" / "tables" / "lab2-heldout")
+    cfg = load_run_config(REPO / "examples" / "bench_lab2_heldout.toml")
+    assert t.schema_version == 2 and t.has_test and t.seeds == [0, 1, 2, 3, 4, 5] and t.n_archs == 24
+    assert json.loads(json.dumps(preregistration(cfg))) == t.manifest["preregistration"]
+    check_compatible(t, cfg, cfg.search.samplers, ["trained", "compressed", "finetuned"])
+    for metric in ("trained", "compressed", "finetuned"):
+        val, test = t.array(metric), t.array(metric, "test")
+        assert not np.isnan(val).any() and not np.isnan(test).any()
+        assert not np.array_equal(val, test)  # two evaluations, not one copied
+        # 5,000 test rows: every accuracy is a multiple of 1/5000, as 1,000 validation rows give 1/1000
+        assert np.allclose(np.round(test * 5000), test * 5000, atol=1e-6)
+    runs = {m: replay_many(t, ["random"], [0, 1, 2, 3], 5, m, workers=1) for m in ("trained", "compressed")}
+    q3_runs = {("random", m): r["random"] for m, r in runs.items()}
+    out = stats.to_jsonable(stats.analyse(t, runs, [5], q3_runs=q3_runs))
+    (primary,) = stats.preregistered(out, t.manifest["preregistration"])["primary"]
+    (q3,) = [c for c in out["q3"]["comparisons"] if (c["sampler"], c["target"], c["budget"]) == ("random", "compressed", 5)]
+    assert primary["hypothesis"] == "q3:compressed:random:5:greater" and primary["estimate"] == q3["mean_difference"]
+    one_sided = q3["p"] / 2 if q3["mean_difference"] > 0 else 1 - q3["p"] / 2
+    assert primary["p"] == pytest.approx(one_sided) and primary["p_holm"] == pytest.approx(one_sided)  # a family of one
+
+
 def test_schema2_has_test_columns_and_n_test_matters(tmp_path):
     def acc(params, seed, rng):  # test accuracies differ from validation ones
         return 0.8, 0.7, 0.75, 0.79, 0.69, 0.74
