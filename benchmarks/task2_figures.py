@@ -17,10 +17,6 @@ import sys
 from typing import Sequence
 
 
-def _f(x: str) -> float | None:
-    return float(x) if x not in ("", None) else None
-
-
 def _span(values: Sequence[float], digits: int = 3) -> str:
     return (f"mean {statistics.mean(values):+.{digits}f}, range {min(values):+.{digits}f} to "
             f"{max(values):+.{digits}f}")

@@ -649,11 +649,12 @@ def compare(graph: MaseGraph, session: Any, batches: list[dict[str, torch.Tensor
             orts.append(session.run(None, {k: v.numpy() for k, v in inputs.items()})[0])
     sim, ort = np.concatenate(sims), np.concatenate(orts)
     top2 = np.sort(sim, axis=-1)[:, -2:] if sim.shape[-1] > 1 else np.zeros((len(sim), 2))
-    return {"rows": len(sim), "labels_agree": int((sim.argmax(-1) == ort.argmax(-1)).sum()),
-            "max_logit_diff": float(np.abs(sim - ort).max()), "max_abs_logit": float(np.abs(sim).max()),
-            "median_row_diff": float(np.median(np.abs(sim - ort).max(-1))),
-            "labels": sim.argmax(-1).tolist(), "margins": (top2[:, 1] - top2[:, 0]).tolist(),
-            "disagree": (sim.argmax(-1) != ort.argmax(-1)).tolist()}
+    labels, diff = sim.argmax(-1), np.abs(sim - ort)
+    disagree = labels != ort.argmax(-1)
+    return {"rows": len(sim), "labels_agree": int((~disagree).sum()),
+            "max_logit_diff": float(diff.max()), "max_abs_logit": float(np.abs(sim).max()),
+            "median_row_diff": float(np.median(diff.max(-1))),
+            "labels": labels.tolist(), "margins": (top2[:, 1] - top2[:, 0]).tolist(), "disagree": disagree.tolist()}
 
 
 def _within(result: dict[str, Any], atol: float, rtol: float) -> bool:
